@@ -1,0 +1,1 @@
+"""semseg: semantic segmentation experiments with Lightning and Hydra."""

@@ -1,0 +1,163 @@
+"""LightningDataModule over an image-mask folder (images/{train,val,test}, masks/{train,val,test})."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import cv2
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+from semseg.data.dataset import MASK_PAD_CODE, MaskEncoder, SegmentationDataset, list_pairs, resolve_class_names
+from semseg.data.synthetic import SyntheticSpec, generate
+from semseg.data.transforms import build_transforms
+from semseg.errors import DataError
+
+
+def _disable_opencv_threads(_worker_id: int) -> None:
+    # Each loader worker is already one of several processes; OpenCV's own thread pool inside
+    # every worker would oversubscribe the cores.
+    cv2.setNumThreads(0)
+
+
+def default_num_workers() -> int:
+    """Loader workers from the cores this process may use, capped where returns diminish."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return min(cores, 8)
+
+
+def pad_collate(batch: list[dict], ignore_index: int) -> dict:
+    """Stacks samples, padding images (0) and masks (``ignore_index``) to the largest in the batch.
+
+    Needed when ``data.image_size`` is null and images differ in size; a batch of equal sizes is
+    stacked as is.
+    """
+    height = max(item["image"].shape[-2] for item in batch)
+    width = max(item["image"].shape[-1] for item in batch)
+
+    def pad(tensor: torch.Tensor, value: float) -> torch.Tensor:
+        bottom, right = height - tensor.shape[-2], width - tensor.shape[-1]
+        return F.pad(tensor, (0, right, 0, bottom), value=value) if bottom or right else tensor
+
+    out = {
+        "image": torch.stack([pad(item["image"], 0.0) for item in batch]),
+        "name": [item["name"] for item in batch],
+    }
+    if "mask" in batch[0]:
+        out["mask"] = torch.stack([pad(item["mask"], ignore_index) for item in batch])
+    return out
+
+
+class _Collate:
+    """Picklable (for worker processes) binding of ``pad_collate`` to an ignore index."""
+
+    def __init__(self, ignore_index: int):
+        self.ignore_index = ignore_index
+
+    def __call__(self, batch: list[dict]) -> dict:
+        return pad_collate(batch, self.ignore_index)
+
+
+class SegmentationDataModule(L.LightningDataModule):
+    """Batches of ``{"image", "mask", "name"}`` from an image-mask folder.
+
+    Args mirror the ``data`` config group (see conf/data/*.yaml); ``mean`` and ``std`` are the
+    encoder's normalisation, resolved by the caller.
+    """
+
+    def __init__(
+        self,
+        root: str,
+        num_classes: int,
+        mean: Sequence[float],
+        std: Sequence[float],
+        class_names: Sequence[str] | None = None,
+        ignore_index: int | None = None,
+        label_map: Mapping[int, int] | None = None,
+        in_channels: int = 3,
+        batch_size: int = 8,
+        num_workers: int | None = None,
+        image_size: Sequence[int] | None = None,
+        crop_size: Sequence[int] | None = None,
+        augment: Sequence | None = None,
+        synthetic: Mapping | None = None,
+    ):
+        super().__init__()
+        self.root = Path(root)
+        self.num_classes = num_classes
+        self.class_names = resolve_class_names(num_classes, class_names)
+        self.ignore_index = self.effective_ignore_index(ignore_index)
+        self.encoder = MaskEncoder(num_classes, ignore_index, label_map)
+        self.in_channels = in_channels
+        self.batch_size = batch_size
+        self.num_workers = default_num_workers() if num_workers is None else num_workers
+        self.synthetic = SyntheticSpec(**synthetic) if synthetic else None
+        common = {"mean": mean, "std": std, "image_size": image_size}
+        self.train_transform = build_transforms(train=True, crop_size=crop_size, augment=augment, **common)
+        self.eval_transform = build_transforms(train=False, **common)
+        self.datasets: dict[str, SegmentationDataset] = {}
+
+    @staticmethod
+    def effective_ignore_index(ignore_index: int | None) -> int:
+        """The target value of ignored pixels: ``data.ignore_index``, or the pad code when null.
+
+        Padding always needs an ignored value; with no ignore_index configured, the pad code
+        (never a class, as data.num_classes <= 254) plays that part.
+        """
+        return MASK_PAD_CODE if ignore_index is None else int(ignore_index)
+
+    def prepare_data(self) -> None:
+        if self.synthetic is not None:
+            generate(self.root, self.synthetic)
+
+    def _dataset(self, split: str) -> SegmentationDataset:
+        transform = self.train_transform if split == "train" else self.eval_transform
+        pairs = list_pairs(self.root, split, require_masks=split != "test")
+        return SegmentationDataset(pairs, self.encoder, self.in_channels, transform, self.ignore_index)
+
+    @property
+    def has_test_split(self) -> bool:
+        """True when a labelled test split exists (the split is optional)."""
+        return (self.root / "masks" / "test").is_dir()
+
+    def setup(self, stage: str | None = None) -> None:
+        if stage in (None, "fit"):
+            self.datasets["train"] = self._dataset("train")
+        if stage in (None, "fit", "validate"):
+            self.datasets["val"] = self._dataset("val")
+        if stage in (None, "test") and self.has_test_split:
+            self.datasets["test"] = self._dataset("test")
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        workers = self.num_workers
+        return DataLoader(
+            self.datasets[split],
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            drop_last=shuffle and len(self.datasets[split]) > self.batch_size,
+            num_workers=workers,
+            collate_fn=_Collate(self.ignore_index),
+            # Pinned host memory lets the copy to the GPU overlap compute (non_blocking).
+            pin_memory=torch.cuda.is_available(),
+            # Workers that survive the epoch spare re-forking and re-importing every epoch.
+            persistent_workers=workers > 0,
+            worker_init_fn=_disable_opencv_threads if workers > 0 else None,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        if "test" not in self.datasets:
+            raise DataError(f"no labelled test split: {self.root / 'masks' / 'test'} is missing.")
+        return self._loader("test", shuffle=False)

@@ -1,0 +1,219 @@
+"""Image-mask folders: pairing by file stem, lazy reading, and stored mask values -> classes."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from semseg.errors import DataError
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
+SPLITS = ("train", "val", "test")
+
+# Masks travel through the augmentations as uint8, where this value marks ignored pixels (stored
+# ignore values and padding). It can never be a class: num_classes is at most 255.
+MASK_PAD_CODE = 255
+_INVALID = np.uint16(0xFFFF)
+
+
+def resolve_class_names(num_classes: int, class_names: list[str] | None) -> list[str]:
+    """``data.class_names``, or ``class_0..class_{C-1}`` when not given; checked against C."""
+    names = list(class_names) if class_names else [f"class_{i}" for i in range(num_classes)]
+    if len(names) != num_classes:
+        raise DataError(f"data.class_names has {len(names)} names but data.num_classes={num_classes}.")
+    return names
+
+
+def _index_files(folder: Path) -> dict[str, Path]:
+    """Maps stem -> path for the image files directly in ``folder``.
+
+    os.scandir reads names and types in one system call per directory block, which keeps a
+    10,000-file folder scan fast (no per-file stat).
+    """
+    files: dict[str, Path] = {}
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            stem, ext = os.path.splitext(entry.name)
+            if ext.lower() not in IMAGE_EXTENSIONS or entry.name.startswith("."):
+                continue
+            if stem in files:
+                raise DataError(
+                    f"two files share the stem '{stem}' in {folder}: {files[stem].name} and "
+                    f"{entry.name}. Pairs are matched by stem; keep one of them."
+                )
+            files[stem] = Path(entry.path)
+    return files
+
+
+def list_pairs(root: str | os.PathLike, split: str, require_masks: bool = True) -> list[tuple[Path, Path | None]]:
+    """Pairs ``root/images/<split>`` with ``root/masks/<split>`` by file stem, sorted by stem.
+
+    Args:
+        root: data set folder.
+        split: ``train``, ``val`` or ``test``.
+        require_masks: if False, a split without a masks folder yields ``(image, None)`` pairs.
+
+    Raises:
+        DataError: a missing folder, an empty split, or an image without a mask (or the reverse).
+    """
+    root = Path(root)
+    image_dir, mask_dir = root / "images" / split, root / "masks" / split
+    if not image_dir.is_dir():
+        raise DataError(
+            f"no folder {image_dir}. data.root must hold images/{{train,val,test}} and "
+            f"masks/{{train,val,test}} (data.root={root})."
+        )
+    images = _index_files(image_dir)
+    if not images:
+        raise DataError(f"{image_dir} holds no images ({', '.join(IMAGE_EXTENSIONS)}).")
+    if not mask_dir.is_dir():
+        if require_masks:
+            raise DataError(f"no folder {mask_dir}: every image of the {split} split needs a mask.")
+        return [(images[s], None) for s in sorted(images)]
+    masks = _index_files(mask_dir)
+    lonely_images = sorted(images.keys() - masks.keys())
+    lonely_masks = sorted(masks.keys() - images.keys())
+    if lonely_images or lonely_masks:
+        lines = [f"{images[s]} has no mask in {mask_dir}" for s in lonely_images[:5]]
+        lines += [f"{masks[s]} has no image in {image_dir}" for s in lonely_masks[:5]]
+        more = len(lonely_images) + len(lonely_masks) - len(lines)
+        raise DataError(
+            "images and masks do not pair up (matched by file stem):\n  "
+            + "\n  ".join(lines)
+            + (f"\n  ... and {more} more" if more > 0 else "")
+            + "\nAdd the missing files or remove the unpaired ones."
+        )
+    return [(images[s], masks[s]) for s in sorted(images)]
+
+
+class MaskEncoder:
+    """Turns stored mask values into class indices, refusing values that are not classes.
+
+    A lookup table maps every storable value (uint8 or uint16) to a class, to ``MASK_PAD_CODE``
+    for ``ignore_index``, or to an invalid marker that makes ``encode`` raise. So a 0/255 mask
+    without a label_map is an error, never 256 classes.
+    """
+
+    def __init__(self, num_classes: int, ignore_index: int | None, label_map: Mapping[int, int] | None):
+        if not 1 <= num_classes <= 254:
+            raise DataError(f"data.num_classes={num_classes}: must be between 1 and 254.")
+        self.num_classes = num_classes
+        self.ignore_index = ignore_index
+        self.lut = np.full(65536, _INVALID, dtype=np.uint16)
+        if label_map:
+            for stored, cls in label_map.items():
+                self.lut[self._storable(stored)] = self._class_code(int(cls), stored)
+        else:
+            self.lut[:num_classes] = np.arange(num_classes)
+        if ignore_index is not None and 0 <= ignore_index < 65536 and self.lut[ignore_index] == _INVALID:
+            self.lut[ignore_index] = MASK_PAD_CODE  # a stored ignore value stays ignored
+
+    def _storable(self, stored: object) -> int:
+        value = int(stored)  # type: ignore[call-overload]
+        if not 0 <= value < 65536:
+            raise DataError(f"data.label_map key {stored}: stored mask values are 0..65535.")
+        return value
+
+    def _class_code(self, cls: int, stored: object) -> int:
+        if cls == self.ignore_index:
+            return MASK_PAD_CODE
+        if not 0 <= cls < self.num_classes:
+            raise DataError(
+                f"data.label_map maps {stored} -> {cls}, but classes are 0..{self.num_classes - 1} "
+                f"(data.num_classes) and data.ignore_index is {self.ignore_index}."
+            )
+        return cls
+
+    def encode(self, stored: np.ndarray, path: Path | str) -> np.ndarray:
+        """Returns the uint8 class mask of a stored (HxW, uint8/uint16) mask read from ``path``."""
+        if stored.ndim != 2:
+            raise DataError(
+                f"{path}: mask has {stored.shape[2]} channels; masks must be single-channel images "
+                "of class indices (convert colour masks to indices, or map them with data.label_map)."
+            )
+        if stored.dtype not in (np.uint8, np.uint16):
+            raise DataError(f"{path}: mask dtype {stored.dtype}; store masks as 8- or 16-bit PNG.")
+        classes = self.lut[stored]
+        invalid = classes == _INVALID
+        if invalid.any():
+            bad = np.unique(stored[invalid])[:10].tolist()
+            raise DataError(
+                f"{path}: mask values {bad} are not classes 0..{self.num_classes - 1}. Map them with "
+                f"data.label_map (e.g. {{0: 0, 255: 1}} for 0/255 masks), set data.ignore_index, or "
+                "fix data.num_classes."
+            )
+        return classes.astype(np.uint8)
+
+
+def read_image(path: Path | str, in_channels: int) -> np.ndarray:
+    """Reads an image as HxWxC uint8 (RGB order for 3 channels)."""
+    if in_channels == 1:
+        image = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+    elif in_channels == 3:
+        image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        image = None if image is None else cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    else:  # multi-band imagery (e.g. 4-band GeoTIFF): keep every stored channel
+        image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if image is None:
+        raise DataError(f"{path}: cannot read this image (missing, truncated or not an image file).")
+    if image.ndim == 2:
+        image = image[..., None]
+    if image.shape[2] != in_channels:
+        raise DataError(f"{path}: image has {image.shape[2]} channels but data.in_channels={in_channels}.")
+    return image
+
+
+def read_mask(path: Path | str) -> np.ndarray:
+    """Reads a stored mask exactly as stored (no colour conversion, 16-bit kept)."""
+    mask = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if mask is None:
+        raise DataError(f"{path}: cannot read this mask (missing, truncated or not an image file).")
+    return mask
+
+
+class SegmentationDataset(Dataset):
+    """Lazily reads image-mask pairs; holds only the file list in memory.
+
+    Each item is a dict: ``image`` (float CxHxW), ``mask`` (int64 HxW, ignored pixels equal to
+    ``ignore_index``; absent for unlabelled splits), ``name`` (file stem).
+    """
+
+    def __init__(
+        self,
+        pairs: list[tuple[Path, Path | None]],
+        encoder: MaskEncoder,
+        in_channels: int,
+        transform: Callable[..., dict],
+        ignore_index: int,
+    ):
+        self.pairs = pairs
+        self.encoder = encoder
+        self.in_channels = in_channels
+        self.transform = transform
+        self.ignore_index = ignore_index
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, index: int) -> dict:
+        image_path, mask_path = self.pairs[index]
+        image = read_image(image_path, self.in_channels)
+        if mask_path is None:
+            return {"image": self.transform(image=image)["image"], "name": image_path.stem}
+        mask = self.encoder.encode(read_mask(mask_path), mask_path)
+        if mask.shape != image.shape[:2]:
+            raise DataError(
+                f"{mask_path}: mask is {mask.shape[1]}x{mask.shape[0]} but its image {image_path.name} "
+                f"is {image.shape[1]}x{image.shape[0]} (WxH); image and mask must have the same size."
+            )
+        out = self.transform(image=image, mask=mask)
+        target = torch.as_tensor(out["mask"], dtype=torch.long)
+        if self.ignore_index != MASK_PAD_CODE:
+            target[target == MASK_PAD_CODE] = self.ignore_index
+        return {"image": out["image"], "mask": target, "name": image_path.stem}

@@ -1,0 +1,132 @@
+"""Deterministic synthetic segmentation data: the embedded default and the tests' fixture.
+
+Each image holds filled shapes (disks, squares, triangles) on a textured, noisy background plus a
+few tiny high-contrast specks. Shape colours are random, so a model must learn shape, not colour.
+The specks are the rare class (about 1% of pixels): the class-imbalance lesson of the book.
+
+The data set is written in the project's folder layout (images/{split}, masks/{split}) into a
+temporary folder that is renamed into place at the end, so an interrupted run never leaves a
+half-written data set behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+CLASS_NAMES = ("background", "disk", "square", "triangle", "speck")
+MANIFEST = "synthetic.json"
+
+
+@dataclass(frozen=True)
+class SyntheticSpec:
+    """What to generate; two equal specs give byte-identical data sets."""
+
+    num_train: int = 256
+    num_val: int = 64
+    num_test: int = 64
+    image_size: int = 64
+    seed: int = 0
+
+
+def _smooth_noise(rng: np.random.Generator, size: int, cells: int) -> np.ndarray:
+    """Low-frequency texture in [0, 1]: a coarse random grid upsampled bicubically."""
+    grid = rng.random((cells, cells), dtype=np.float32)
+    return np.clip(cv2.resize(grid, (size, size), interpolation=cv2.INTER_CUBIC), 0.0, 1.0)
+
+
+def _shape_polygon(kind: str, center: np.ndarray, radius: float, angle: float) -> np.ndarray:
+    corners = 4 if kind == "square" else 3
+    theta = angle + np.arange(corners) * 2 * np.pi / corners
+    points = center + radius * np.stack([np.cos(theta), np.sin(theta)], axis=1)
+    return np.round(points).astype(np.int32)
+
+
+def render_sample(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Draws one RGB image (uint8, HxWx3) and its class-index mask (uint8, HxW)."""
+    base = rng.uniform(40, 200, size=3)
+    texture = _smooth_noise(rng, size, cells=rng.integers(3, 7))[..., None]
+    image = base + (texture - 0.5) * rng.uniform(40, 90)
+    image = np.ascontiguousarray(image, dtype=np.float32)  # HxWx3: texture shared by channels
+    mask = np.zeros((size, size), dtype=np.uint8)
+
+    for _ in range(rng.integers(1, 4)):
+        kind_index = int(rng.integers(1, 4))  # disk, square or triangle
+        kind = CLASS_NAMES[kind_index]
+        radius = float(rng.uniform(0.1, 0.2) * size)
+        center = rng.uniform(radius, size - radius, size=2)
+        colour = tuple(float(c) for c in rng.uniform(0, 255, size=3))
+        if kind == "disk":
+            c, r = (round(center[0]), round(center[1])), round(radius)
+            cv2.circle(image, c, r, colour, thickness=-1)
+            cv2.circle(mask, c, r, kind_index, thickness=-1)
+        else:
+            polygon = _shape_polygon(kind, center, radius, float(rng.uniform(0, 2 * np.pi)))
+            cv2.fillPoly(image, [polygon], colour)
+            cv2.fillPoly(mask, [polygon], kind_index)
+
+    # Specks: ~1% of pixels, drawn last and in a colour far from the local background.
+    for _ in range(rng.poisson(size * size / 500)):
+        c = tuple(int(v) for v in rng.integers(2, size - 2, size=2))
+        local = image[c[1], c[0]]
+        colour = tuple(float(v) for v in np.where(local > 127, local - 110, local + 110))
+        cv2.circle(image, c, 1, colour, thickness=-1)
+        cv2.circle(mask, c, 1, CLASS_NAMES.index("speck"), thickness=-1)
+
+    image = cv2.GaussianBlur(image, (3, 3), 0.6)
+    image += rng.normal(0.0, rng.uniform(4, 12), size=image.shape).astype(np.float32)
+    return np.clip(image, 0, 255).astype(np.uint8), mask
+
+
+def _split_sizes(spec: SyntheticSpec) -> dict[str, int]:
+    return {"train": spec.num_train, "val": spec.num_val, "test": spec.num_test}
+
+
+def generate(root: str | os.PathLike, spec: SyntheticSpec = SyntheticSpec()) -> Path:
+    """Writes the synthetic data set to ``root`` unless it is already there.
+
+    Args:
+        root: target folder; created atomically (written beside it, then renamed).
+        spec: sizes, resolution and seed.
+
+    Returns:
+        The root folder.
+
+    Raises:
+        FileExistsError: ``root`` exists but holds something else (another spec or not ours).
+    """
+    root = Path(root)
+    manifest = root / MANIFEST
+    if root.exists():
+        if manifest.exists() and json.loads(manifest.read_text()) == asdict(spec):
+            return root
+        raise FileExistsError(
+            f"{root} exists but is not the synthetic data set for {asdict(spec)}. "
+            "Delete it, or point data.root at a new folder to generate there."
+        )
+    root.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
+    try:
+        for split_index, (split, count) in enumerate(_split_sizes(spec).items()):
+            (staging / "images" / split).mkdir(parents=True)
+            (staging / "masks" / split).mkdir(parents=True)
+            for i in range(count):
+                # One generator per sample: any sample can be regenerated alone, in any order.
+                rng = np.random.default_rng([spec.seed, split_index, i])
+                image, mask = render_sample(rng, spec.image_size)
+                name = f"{split}_{i:05d}.png"
+                cv2.imwrite(str(staging / "images" / split / name), image[..., ::-1])  # RGB->BGR
+                cv2.imwrite(str(staging / "masks" / split / name), mask)
+        (staging / MANIFEST).write_text(json.dumps(asdict(spec), indent=2))
+        os.replace(staging, root)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return root

@@ -1,0 +1,118 @@
+"""SegmentationModule: one shared step for training, validation and testing."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from torch import nn
+
+from semseg.losses import build_loss
+from semseg.metrics import confusion_matrix_metric, scores_from_confusion
+from semseg.models import build_model, encoder_normalization
+from semseg.schedulers import build_scheduler
+
+EVAL_STAGES = ("val", "test")
+
+
+class SegmentationModule(L.LightningModule):
+    """Wraps a segmentation network with its loss, metrics, optimizer and schedule.
+
+    Everything is rebuilt from plain config dicts saved as hyper-parameters, so a checkpoint holds
+    what inference needs (classes, ignore index, channels, normalisation, model config).
+
+    Args:
+        model: the ``model`` config group (see ``semseg.models.build_model``).
+        loss: the ``loss`` config group (see ``semseg.losses.build_loss``).
+        optimizer: the ``optimizer`` config group (a ``_target_`` optimizer class and its kwargs).
+        scheduler: the ``scheduler`` config group (see ``semseg.schedulers.build_scheduler``).
+        num_classes: number of classes.
+        class_names: one name per class, used in metric names.
+        ignore_index: target value ignored by loss and metrics.
+        in_channels: image channels.
+        class_weights: per-class cross-entropy weights, or None.
+        normalization: ``{"mean": [...], "std": [...]}`` of the inputs (0..1 units); None takes
+            the encoder's (see ``semseg.models.encoder_normalization``).
+    """
+
+    def __init__(
+        self,
+        model: Mapping,
+        loss: Mapping,
+        optimizer: Mapping,
+        scheduler: Mapping,
+        num_classes: int,
+        class_names: Sequence[str],
+        ignore_index: int,
+        in_channels: int = 3,
+        class_weights: Sequence[float] | None = None,
+        normalization: Mapping[str, Sequence[float]] | None = None,
+    ):
+        super().__init__()
+        self.save_hyperparameters()
+        self.net = build_model(model, in_channels, num_classes)
+        if normalization is None:
+            mean, std = encoder_normalization(model, in_channels)
+            self.hparams["normalization"] = {"mean": mean, "std": std}
+        self.loss = build_loss(loss, num_classes, ignore_index, class_weights)
+        self.confusion = nn.ModuleDict(
+            {stage: confusion_matrix_metric(num_classes, ignore_index) for stage in EVAL_STAGES}
+        )
+
+    @property
+    def normalization(self) -> tuple[list[float], list[float]]:
+        """The (mean, std) the network's inputs must be normalised with."""
+        norm = self.hparams["normalization"]
+        return list(norm["mean"]), list(norm["std"])
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.net(images)
+
+    def _shared_step(self, batch: dict[str, Any], stage: str) -> torch.Tensor:
+        images, masks = batch["image"], batch["mask"]
+        logits = self(images)
+        total, terms = self.loss(logits, masks)
+        batch_size = images.shape[0]
+        if stage == "train":
+            # Tensors go to self.log unconverted: Lightning reduces them on the device, with no
+            # per-step .item() sync of our own.
+            self.log("train/loss", total, on_step=True, prog_bar=True, batch_size=batch_size)
+            for name, value in terms.items():
+                self.log(f"train/loss_{name}", value, on_step=True, batch_size=batch_size)
+        else:
+            self.log(f"{stage}/loss", total, on_epoch=True, sync_dist=True, batch_size=batch_size)
+            self.confusion[stage].update(logits.argmax(dim=1), masks)
+        return total
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        self.log("train/lr", self.optimizers().param_groups[0]["lr"], on_step=True, batch_size=batch["image"].shape[0])
+        return self._shared_step(batch, "train")
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._shared_step(batch, "val")
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._shared_step(batch, "test")
+
+    def _log_scores(self, stage: str) -> None:
+        confusion = self.confusion[stage]
+        scores = scores_from_confusion(confusion.compute(), self.hparams.class_names, self.hparams.ignore_index)
+        confusion.reset()
+        # Absent classes (NaN) are not logged: they have no score, and a NaN would poison charts.
+        self.log_dict({f"{stage}/{k}": v for k, v in scores.items() if not math.isnan(v)}, sync_dist=False)
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_scores("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_scores("test")
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        optimizer = instantiate(self.hparams.optimizer, params=self.parameters())
+        total_steps = int(self.trainer.estimated_stepping_batches)
+        scheduler = build_scheduler(optimizer, self.hparams.scheduler, total_steps)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

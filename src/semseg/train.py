@@ -1,0 +1,98 @@
+"""train(cfg): fit, pick the best checkpoint, evaluate it, write metrics.json; returns the metrics."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+
+import lightning as L
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import ModelCheckpoint
+from omegaconf import DictConfig, OmegaConf
+
+from semseg.data import SegmentationDataModule
+from semseg.data.dataset import resolve_class_names
+from semseg.loggers import build_logger, finish_logger
+from semseg.module import SegmentationModule
+
+# Keys of the data group that are not SegmentationDataModule arguments.
+_DATA_KEYS_FOR_MODULE = ("mean", "std")
+
+
+def write_json_atomic(path: Path, payload: dict) -> None:
+    """Writes JSON beside ``path`` and renames it into place: readers never see half a file."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w") as f:
+        json.dump(payload, f, indent=2, sort_keys=True, allow_nan=False)
+    os.replace(tmp, path)
+
+
+def _json_safe(metrics: dict[str, float]) -> dict[str, float | None]:
+    return {k: (None if math.isnan(v) else v) for k, v in metrics.items()}
+
+
+def build_module(cfg: DictConfig) -> SegmentationModule:
+    """The LightningModule described by ``cfg`` (model, loss, optimizer, scheduler, data classes)."""
+    data = cfg.data
+    normalization = None
+    if data.get("mean") is not None and data.get("std") is not None:
+        normalization = {"mean": list(data.mean), "std": list(data.std)}
+    container = OmegaConf.to_container(cfg, resolve=True)
+    return SegmentationModule(
+        model=container["model"],
+        loss=container["loss"],
+        optimizer=container["optimizer"],
+        scheduler=container["scheduler"],
+        num_classes=data.num_classes,
+        class_names=resolve_class_names(data.num_classes, data.get("class_names")),
+        ignore_index=SegmentationDataModule.effective_ignore_index(data.get("ignore_index")),
+        in_channels=data.in_channels,
+        class_weights=container["loss"].get("class_weights"),
+        normalization=normalization,
+    )
+
+
+def build_datamodule(cfg: DictConfig, module: SegmentationModule) -> SegmentationDataModule:
+    """The data module for ``cfg.data``, normalising inputs as ``module`` expects."""
+    kwargs = {k: v for k, v in OmegaConf.to_container(cfg.data, resolve=True).items() if k not in _DATA_KEYS_FOR_MODULE}
+    mean, std = module.normalization
+    return SegmentationDataModule(**kwargs, mean=mean, std=std)
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Trains, validates and tests the configured model.
+
+    Args:
+        cfg: the composed ``conf/train.yaml``.
+
+    Returns:
+        The best checkpoint's ``val/*`` metrics and, when a labelled test split exists, its
+        ``test/*`` metrics; also written to ``<output_dir>/metrics.json``.
+    """
+    output_dir = Path(cfg.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    L.seed_everything(cfg.seed, workers=True)
+
+    module = build_module(cfg)
+    datamodule = build_datamodule(cfg, module)
+    logger = build_logger(cfg.get("logger"))
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
+    trainer = L.Trainer(**cfg.trainer, callbacks=callbacks, logger=logger, default_root_dir=str(output_dir))
+
+    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+
+    checkpoint = next((c for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint)), None)
+    best = checkpoint.best_model_path if checkpoint and checkpoint.best_model_path else None
+    # Re-validating the best checkpoint gives every val/* metric at the best epoch, not only the
+    # monitored one.
+    metrics = dict(trainer.validate(module, datamodule=datamodule, ckpt_path=best, verbose=False)[0])
+    if cfg.get("run_test", True) and datamodule.has_test_split:
+        metrics.update(trainer.test(module, datamodule=datamodule, ckpt_path=best)[0])
+    metrics = {k: float(v) for k, v in metrics.items()}
+    if trainer.is_global_zero:
+        write_json_atomic(output_dir / "metrics.json", _json_safe(metrics))
+    finish_logger(logger)
+    return metrics

@@ -1,0 +1,50 @@
+"""Shared fixtures: tiny synthetic data sets and the real config, composed and forced cheap."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig, open_dict
+
+from semseg.data.synthetic import SyntheticSpec, generate
+
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+
+# Every test run of train(): CPU, one small epoch, no W&B unless a test asks for it.
+CHEAP = [
+    "trainer=cpu",
+    "trainer.max_epochs=1",
+    "trainer.enable_model_summary=false",
+    "trainer.log_every_n_steps=1",
+    "logger=csv",
+    "data.batch_size=4",
+    "data.num_workers=0",
+]
+
+
+@pytest.fixture(scope="session")
+def tiny_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 32x32 synthetic data set (8 train, 4 val, 4 test) in the image-mask folder layout."""
+    return generate(tmp_path_factory.mktemp("data") / "tiny", SyntheticSpec(8, 4, 4, image_size=32, seed=1))
+
+
+def compose_cfg(overrides: list[str] | None = None) -> DictConfig:
+    """The real conf/train.yaml with ``overrides`` (no Hydra run, so output_dir must be set)."""
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose(config_name="train", overrides=overrides or [])
+
+
+@pytest.fixture
+def make_cfg(tiny_root: Path, tmp_path: Path):
+    """Builds a cheap training config on the tiny data set, writing into ``tmp_path/run``."""
+
+    def make(*overrides: str, root: Path | None = None) -> DictConfig:
+        cfg = compose_cfg([*CHEAP, f"data.root={root or tiny_root}", *overrides])
+        with open_dict(cfg):
+            cfg.output_dir = str(tmp_path / "run")
+            cfg.data.synthetic = None  # the fixture generated it already
+        return cfg
+
+    return make

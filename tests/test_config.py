@@ -1,0 +1,54 @@
+"""Every config option composes, and the contract's keys are where users expect them."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.conftest import CONF_DIR, compose_cfg
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+
+
+def test_defaults_compose_with_contract_keys():
+    cfg = compose_cfg()
+    for key in (
+        "root",
+        "num_classes",
+        "class_names",
+        "ignore_index",
+        "label_map",
+        "in_channels",
+        "batch_size",
+        "num_workers",
+        "image_size",
+        "crop_size",
+    ):
+        assert key in cfg.data, key
+    assert cfg.model.arch == "unet"
+    assert {"encoder_name", "encoder_weights"} <= set(cfg.model)
+    assert set(cfg.loss.terms) == {"ce", "dice"}
+    assert cfg.callbacks.model_checkpoint.monitor == "val/miou"
+    assert "seed" in cfg and "ckpt_path" in cfg
+
+
+@pytest.mark.parametrize(
+    "group", ["data", "model", "loss", "optimizer", "scheduler", "trainer", "logger", "callbacks", "experiment"]
+)
+def test_every_option_composes(group: str):
+    for option in options(group):
+        cfg = compose_cfg([f"{group}={option}"])
+        assert cfg is not None
+
+
+def test_isbi_preset_maps_membrane_to_the_positive_class():
+    cfg = compose_cfg(["experiment=isbi_membrane"])
+    assert cfg.data.label_map == {255: 0, 0: 1}
+    assert list(cfg.data.class_names) == ["cell", "membrane"]
+    assert cfg.data.in_channels == 1
+
+
+def test_label_map_override_from_the_command_line():
+    cfg = compose_cfg(["data.label_map={0:0,255:1}"])
+    assert dict(cfg.data.label_map) == {0: 0, 255: 1}

@@ -1,0 +1,201 @@
+"""The data module: pairing, label_map, ignore_index, aligned augmentations, clear errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from semseg.data import SegmentationDataModule
+from semseg.data.dataset import MASK_PAD_CODE, list_pairs
+from semseg.data.synthetic import SyntheticSpec, generate
+from semseg.data.transforms import build_transforms
+from semseg.errors import DataError
+
+IDENTITY = {"mean": [0.0, 0.0, 0.0], "std": [1 / 255] * 3}  # Normalize leaves 0..255 values as they are
+
+
+def write_pair(
+    root: Path, split: str, stem: str, image: np.ndarray, mask: np.ndarray | None, image_ext: str = ".png"
+) -> None:
+    (root / "images" / split).mkdir(parents=True, exist_ok=True)
+    (root / "masks" / split).mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(root / "images" / split / f"{stem}{image_ext}"), image)
+    if mask is not None:
+        cv2.imwrite(str(root / "masks" / split / f"{stem}.png"), mask)
+
+
+def binary_folder(root: Path, stored_values: tuple[int, int] = (0, 255), size: int = 32) -> Path:
+    """Gray images whose mask is the bright square, stored with the given two values."""
+    rng = np.random.default_rng(0)
+    for split, count in (("train", 4), ("val", 2)):
+        for i in range(count):
+            image = rng.integers(0, 60, (size, size), dtype=np.uint8)
+            mask = np.full((size, size), stored_values[0], np.uint8)
+            image[8:20, 10:24] = 220
+            mask[8:20, 10:24] = stored_values[1]
+            write_pair(root, split, f"{split}{i}", image, mask)
+    return root
+
+
+def datamodule(root: Path, **kwargs) -> SegmentationDataModule:
+    args = {
+        "num_classes": 2,
+        "in_channels": 1,
+        "mean": [0.0],
+        "std": [1 / 255],
+        "num_workers": 0,
+        "batch_size": 2,
+        "augment": None,
+    } | kwargs
+    dm = SegmentationDataModule(str(root), **args)
+    dm.setup("fit")
+    return dm
+
+
+def test_pairs_are_matched_by_stem_across_extensions(tmp_path: Path):
+    image = np.zeros((8, 8, 3), np.uint8)
+    write_pair(tmp_path, "train", "b", image, np.zeros((8, 8), np.uint8), image_ext=".jpg")
+    write_pair(tmp_path, "train", "a", image, np.zeros((8, 8), np.uint8), image_ext=".tif")
+    pairs = list_pairs(tmp_path, "train")
+    assert [(p.name, m.name) for p, m in pairs] == [("a.tif", "a.png"), ("b.jpg", "b.png")]
+
+
+def test_image_without_mask_names_the_file(tmp_path: Path):
+    write_pair(tmp_path, "train", "ok", np.zeros((8, 8), np.uint8), np.zeros((8, 8), np.uint8))
+    write_pair(tmp_path, "train", "lonely", np.zeros((8, 8), np.uint8), None)
+    with pytest.raises(DataError, match=r"lonely\.png has no mask"):
+        list_pairs(tmp_path, "train")
+
+
+def test_missing_split_folder_says_what_the_layout_must_be(tmp_path: Path):
+    with pytest.raises(DataError, match=r"images/\{train,val,test\}"):
+        list_pairs(tmp_path, "train")
+
+
+def test_empty_split_is_an_error(tmp_path: Path):
+    (tmp_path / "images" / "val").mkdir(parents=True)
+    with pytest.raises(DataError, match="holds no images"):
+        list_pairs(tmp_path, "val")
+
+
+def test_zero_255_masks_without_label_map_are_refused_with_the_fix(tmp_path: Path):
+    dm = datamodule(binary_folder(tmp_path))
+    with pytest.raises(DataError, match=r"train0\.png: mask values \[255\].*data\.label_map"):
+        dm.datasets["train"][0]
+
+
+def test_label_map_turns_stored_values_into_classes(tmp_path: Path):
+    dm = datamodule(binary_folder(tmp_path), label_map={0: 0, 255: 1})
+    sample = dm.datasets["val"][0]
+    assert sample["mask"].dtype == torch.long
+    assert sample["mask"].unique().tolist() == [0, 1]
+    assert int((sample["mask"] == 1).sum()) == 12 * 14
+    # The mask's square is where the image is bright.
+    assert torch.equal(sample["mask"] == 1, sample["image"][0] > 128)
+
+
+@pytest.mark.parametrize("ignore_index", [255, 11])
+def test_stored_ignore_value_reaches_the_target_as_ignore_index(tmp_path: Path, ignore_index: int):
+    dm = datamodule(binary_folder(tmp_path, stored_values=(1, ignore_index)), ignore_index=ignore_index)
+    mask = dm.datasets["val"][0]["mask"]
+    assert set(mask.unique().tolist()) == {1, ignore_index}
+
+
+def test_label_map_can_send_a_value_to_ignore(tmp_path: Path):
+    dm = datamodule(binary_folder(tmp_path, stored_values=(0, 128)), label_map={0: 0, 128: -1}, ignore_index=-1)
+    assert set(dm.datasets["val"][0]["mask"].unique().tolist()) == {0, -1}
+
+
+def test_colour_mask_is_refused(tmp_path: Path):
+    write_pair(tmp_path, "train", "x", np.zeros((8, 8), np.uint8), np.zeros((8, 8, 3), np.uint8))
+    write_pair(tmp_path, "val", "y", np.zeros((8, 8), np.uint8), np.zeros((8, 8), np.uint8))
+    dm = datamodule(tmp_path)
+    with pytest.raises(DataError, match=r"x\.png: mask has 3 channels"):
+        dm.datasets["train"][0]
+
+
+def test_size_mismatch_names_both_files(tmp_path: Path):
+    write_pair(tmp_path, "train", "x", np.zeros((8, 8), np.uint8), np.zeros((8, 6), np.uint8))
+    write_pair(tmp_path, "val", "y", np.zeros((8, 8), np.uint8), np.zeros((8, 8), np.uint8))
+    with pytest.raises(DataError, match=r"x\.png: mask is 6x8 but its image x\.png is 8x8"):
+        datamodule(tmp_path).datasets["train"][0]
+
+
+def test_unreadable_image_is_named(tmp_path: Path):
+    write_pair(tmp_path, "train", "x", np.zeros((8, 8), np.uint8), np.zeros((8, 8), np.uint8))
+    (tmp_path / "images" / "train" / "x.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    write_pair(tmp_path, "val", "y", np.zeros((8, 8), np.uint8), np.zeros((8, 8), np.uint8))
+    with pytest.raises(DataError, match=r"x\.png: cannot read this image"):
+        datamodule(tmp_path).datasets["train"][0]
+
+
+def test_augmentations_move_image_and_mask_together():
+    image = np.zeros((40, 56, 3), np.uint8)
+    image[5:17, 9:30] = 200
+    image[25:35, 40:52] = 120
+    mask = (image[..., 0] // 100).astype(np.uint8)  # 0 background, 1 the dim box, 2 the bright box
+    augment = [
+        {"_target_": "albumentations.HorizontalFlip", "p": 0.5},
+        {"_target_": "albumentations.RandomRotate90", "p": 0.5},
+        {"_target_": "albumentations.Affine", "rotate": [-30, 30], "scale": [0.8, 1.2], "p": 1.0},
+    ]
+    transform = build_transforms(train=True, crop_size=[32, 32], augment=augment, **IDENTITY)
+    for _ in range(20):
+        out = transform(image=image, mask=mask)
+        img, msk = out["image"][0].numpy(), out["mask"].numpy()
+        valid = msk != MASK_PAD_CODE
+        # Image interpolation blurs edges; away from them the pixel value says the class.
+        interior = valid & (np.abs(img - 200) < 5) | valid & (np.abs(img - 120) < 5) | valid & (img < 5)
+        expected = np.select([img > 160, img > 60], [2, 1], 0)
+        assert (msk[interior] == expected[interior]).mean() > 0.99
+        assert set(np.unique(msk)) <= {0, 1, 2, MASK_PAD_CODE}  # nearest-neighbour: no new values
+
+
+def test_crop_padding_fills_masks_with_the_ignore_code_never_a_class():
+    transform = build_transforms(train=True, crop_size=[48, 48], **IDENTITY)
+    out = transform(image=np.full((20, 20, 3), 7, np.uint8), mask=np.zeros((20, 20), np.uint8))
+    values, counts = np.unique(out["mask"], return_counts=True)
+    assert dict(zip(values.tolist(), counts.tolist(), strict=True)) == {0: 400, MASK_PAD_CODE: 48 * 48 - 400}
+
+
+def test_linear_mask_interpolation_is_refused():
+    augment = [{"_target_": "albumentations.Affine", "mask_interpolation": 1}]
+    with pytest.raises(DataError, match="mask_interpolation"):
+        build_transforms(train=True, augment=augment, **IDENTITY)
+
+
+def test_batches_of_different_sizes_are_padded_with_ignore(tmp_path: Path):
+    for stem, size in (("a", (32, 40)), ("b", (24, 32))):
+        write_pair(tmp_path, "train", stem, np.zeros(size, np.uint8), np.ones(size, np.uint8))
+        write_pair(tmp_path, "val", stem, np.zeros(size, np.uint8), np.ones(size, np.uint8))
+    dm = datamodule(tmp_path, ignore_index=9)
+    batch = next(iter(dm.val_dataloader()))
+    assert batch["image"].shape == (2, 1, 32, 40)
+    assert batch["mask"][1, 24:].eq(9).all() and batch["mask"][1, :, 32:].eq(9).all()
+    assert batch["mask"][1, :24, :32].eq(1).all()
+
+
+def test_dataset_is_lazy(tiny_root: Path):
+    dm = SegmentationDataModule(str(tiny_root), num_classes=5, mean=[0] * 3, std=[1] * 3, num_workers=0)
+    dm.setup("fit")
+    # Only paths are held: no decoded image lives on the dataset.
+    assert all(isinstance(v, (list, tuple)) for v in [dm.datasets["train"].pairs])
+    assert not any(isinstance(v, np.ndarray | torch.Tensor) for v in vars(dm.datasets["train"]).values())
+
+
+def test_synthetic_data_is_deterministic_with_a_rare_class(tmp_path: Path):
+    spec = SyntheticSpec(6, 2, 0, image_size=48, seed=4)
+    a, b = generate(tmp_path / "a", spec), generate(tmp_path / "b", spec)
+    for path in (a / "masks" / "train").iterdir():
+        assert path.read_bytes() == (b / "masks" / "train" / path.name).read_bytes()
+        assert (a / "images" / "train" / path.name).read_bytes() == (b / "images" / "train" / path.name).read_bytes()
+    masks = np.stack([cv2.imread(str(p), cv2.IMREAD_UNCHANGED) for p in (a / "masks" / "train").iterdir()])
+    share = np.bincount(masks.ravel(), minlength=5) / masks.size
+    assert 0.002 < share[4] < 0.03  # 'speck': the rare class
+    assert share[0] > 0.6
+    with pytest.raises(FileExistsError, match="not the synthetic data set"):
+        generate(a, SyntheticSpec(6, 2, 0, image_size=48, seed=5))

@@ -1,0 +1,97 @@
+"""train(cfg) end to end on tiny data: fit, validate, test, metrics.json, resume, loggers, CLI."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from semseg.train import train
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_fit_validate_test_write_contract_metrics(make_cfg):
+    cfg = make_cfg()
+    metrics = train(cfg)
+    out = Path(cfg.output_dir)
+    for stage in ("val", "test"):
+        for key in ("loss", "miou", "dice", "pixel_acc", "iou/background", "dice/background"):
+            assert f"{stage}/{key}" in metrics, f"{stage}/{key}"
+        assert 0.0 <= metrics[f"{stage}/miou"] <= 1.0
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved == metrics
+    assert (out / "checkpoints" / "best.ckpt").is_file() and (out / "checkpoints" / "last.ckpt").is_file()
+    with open(out / "csv" / "metrics.csv") as f:
+        columns = next(csv.reader(f))
+    assert {"train/loss", "train/loss_ce", "train/loss_dice", "train/lr", "val/miou"} <= set(columns)
+
+
+def test_checkpoint_carries_what_inference_needs(make_cfg):
+    cfg = make_cfg("data.ignore_index=7")
+    train(cfg)
+    ckpt = torch.load(Path(cfg.output_dir) / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=False)
+    hp = ckpt["hyper_parameters"]
+    assert hp["class_names"] == ["background", "disk", "square", "triangle", "speck"]
+    assert hp["ignore_index"] == 7 and hp["in_channels"] == 3 and hp["model"]["arch"] == "unet"
+    assert len(hp["normalization"]["mean"]) == 3
+
+
+def test_resume_from_last_checkpoint_continues_the_run(make_cfg, tmp_path: Path):
+    first = make_cfg()
+    train(first)
+    last = Path(first.output_dir) / "checkpoints" / "last.ckpt"
+    steps_per_epoch = torch.load(last, map_location="cpu", weights_only=False)["global_step"]
+
+    second = make_cfg(f"ckpt_path={last}", "trainer.max_epochs=2")
+    second.output_dir = str(tmp_path / "resumed")
+    train(second)
+    resumed = torch.load(Path(second.output_dir) / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert resumed["epoch"] == 1  # 0-based: the second epoch, not a fresh first one
+    assert resumed["global_step"] == 2 * steps_per_epoch
+
+
+def test_no_logger_still_writes_metrics(make_cfg):
+    cfg = make_cfg("logger=none", "run_test=false")
+    metrics = train(cfg)
+    assert "val/miou" in metrics and not any(k.startswith("test/") for k in metrics)
+    assert json.loads((Path(cfg.output_dir) / "metrics.json").read_text()) == metrics
+
+
+def test_wandb_logs_offline_without_credentials(make_cfg, monkeypatch, tmp_path: Path, capsys):
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc: no credentials
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    cfg = make_cfg("logger=wandb", "run_test=false")
+    train(cfg)
+    runs = list((Path(cfg.output_dir) / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and list(runs[0].glob("*.wandb"))
+    assert f"wandb sync {runs[0]}" in capsys.readouterr().out
+
+
+def test_cli_reports_a_bad_data_root_without_a_traceback(tmp_path: Path):
+    missing = tmp_path / "nowhere"
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "scripts" / "train.py"),
+            "data=folder",
+            f"data.root={missing}",
+            "data.num_classes=2",
+            "logger=none",
+            f"hydra.run.dir={tmp_path / 'run'}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=os.environ | {"HYDRA_FULL_ERROR": "0"},
+    )
+    assert result.returncode == 2, result.stderr
+    assert f"error: no folder {missing}/images/train" in result.stderr
+    assert "Traceback" not in result.stderr
