@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import cv2
+import numpy as np
 import torch
 
 from semseg.train import train
@@ -75,23 +77,36 @@ def test_wandb_logs_offline_without_credentials(make_cfg, monkeypatch, tmp_path:
     assert f"wandb sync {runs[0]}" in capsys.readouterr().out
 
 
+def run_train_cli(tmp_path: Path, *overrides: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "train.py"), "logger=none", f"hydra.run.dir={tmp_path / 'run'}",
+         *overrides],
+        capture_output=True, text=True, timeout=300, env=os.environ | {"HYDRA_FULL_ERROR": "0"},
+    )  # fmt: skip
+
+
 def test_cli_reports_a_bad_data_root_without_a_traceback(tmp_path: Path):
     missing = tmp_path / "nowhere"
-    result = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "scripts" / "train.py"),
-            "data=folder",
-            f"data.root={missing}",
-            "data.num_classes=2",
-            "logger=none",
-            f"hydra.run.dir={tmp_path / 'run'}",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=os.environ | {"HYDRA_FULL_ERROR": "0"},
-    )
+    result = run_train_cli(tmp_path, "data=folder", f"data.root={missing}", "data.num_classes=2")
     assert result.returncode == 2, result.stderr
     assert f"error: no folder {missing}/images/train" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_cli_reports_a_0_255_mask_read_in_a_loader_worker(tmp_path: Path):
+    root = tmp_path / "binary"
+    for split in ("train", "val"):
+        for folder in ("images", "masks"):
+            (root / folder / split).mkdir(parents=True)
+        mask = np.zeros((32, 32), np.uint8)
+        mask[8:16, 8:16] = 255
+        cv2.imwrite(str(root / "images" / split / "a.png"), mask)
+        cv2.imwrite(str(root / "masks" / split / "a.png"), mask)
+    result = run_train_cli(
+        tmp_path, "data=folder", f"data.root={root}", "data.num_classes=2", "data.num_workers=1", "trainer=cpu"
+    )
+    assert result.returncode == 2, result.stderr
+    last_line = result.stderr.strip().splitlines()[-1]
+    assert last_line.startswith("error: ") and "a.png: mask values [255]" in last_line
+    assert "data.label_map" in last_line
     assert "Traceback" not in result.stderr
