@@ -25,9 +25,13 @@ _DATA_KEYS_FOR_MODULE = ("mean", "std")
 def write_json_atomic(path: Path, payload: dict) -> None:
     """Writes JSON beside ``path`` and renames it into place: readers never see half a file."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        json.dump(payload, f, indent=2, sort_keys=True, allow_nan=False)
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(payload, f, indent=2, sort_keys=True, allow_nan=False)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
 
 
 def _json_safe(metrics: dict[str, float]) -> dict[str, float | None]:
