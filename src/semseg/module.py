@@ -103,7 +103,8 @@ class SegmentationModule(L.LightningModule):
         scores = scores_from_confusion(confusion.compute(), self.hparams.class_names, self.hparams.ignore_index)
         confusion.reset()
         # Absent classes (NaN) are not logged: they have no score, and a NaN would poison charts.
-        self.log_dict({f"{stage}/{k}": v for k, v in scores.items() if not math.isnan(v)}, sync_dist=False)
+        # No sync_dist: compute() already summed the confusion matrix over the DDP ranks.
+        self.log_dict({f"{stage}/{k}": v for k, v in scores.items() if not math.isnan(v)})
 
     def on_validation_epoch_end(self) -> None:
         self._log_scores("val")

@@ -21,6 +21,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from semseg.errors import DataError
+
 CLASS_NAMES = ("background", "disk", "square", "triangle", "speck")
 MANIFEST = "synthetic.json"
 
@@ -100,14 +102,14 @@ def generate(root: str | os.PathLike, spec: SyntheticSpec = SyntheticSpec()) -> 
         The root folder.
 
     Raises:
-        FileExistsError: ``root`` exists but holds something else (another spec or not ours).
+        DataError: ``root`` exists but holds something else (another spec or not ours).
     """
     root = Path(root)
     manifest = root / MANIFEST
     if root.exists():
         if manifest.exists() and json.loads(manifest.read_text()) == asdict(spec):
             return root
-        raise FileExistsError(
+        raise DataError(
             f"{root} exists but is not the synthetic data set for {asdict(spec)}. "
             "Delete it, or point data.root at a new folder to generate there."
         )
