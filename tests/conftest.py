@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import cv2
 import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, open_dict
@@ -28,6 +29,20 @@ CHEAP = [
 def tiny_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 32x32 synthetic data set (8 train, 4 val, 4 test) in the image-mask folder layout."""
     return generate(tmp_path_factory.mktemp("data") / "tiny", SyntheticSpec(8, 4, 4, image_size=32, seed=1))
+
+
+@pytest.fixture(scope="session")
+def odd_size_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Synthetic pairs cropped to sides no stride divides (37x45, 45x30, 30x50), mixed in batches."""
+    root = generate(tmp_path_factory.mktemp("data") / "odd", SyntheticSpec(6, 3, 0, image_size=64, seed=2))
+    sizes = [(37, 45), (45, 30), (30, 50)]
+    for split in ("train", "val"):
+        for index, image_path in enumerate(sorted((root / "images" / split).iterdir())):
+            height, width = sizes[index % len(sizes)]
+            mask_path = root / "masks" / split / f"{image_path.stem}.png"
+            for path in (image_path, mask_path):
+                cv2.imwrite(str(path), cv2.imread(str(path), cv2.IMREAD_UNCHANGED)[:height, :width])
+    return root
 
 
 def compose_cfg(overrides: list[str] | None = None) -> DictConfig:

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import math
 
+import cv2
 import numpy as np
 import pytest
 import torch
 from sklearn.metrics import confusion_matrix
 
-from semseg.metrics import confusion_matrix_metric, scores_from_confusion
+from semseg.metrics import BoundaryIoU, confusion_matrix_metric, scores_from_confusion
 
 
 def reference_scores(preds: np.ndarray, target: np.ndarray, num_classes: int, ignore_index: int | None) -> dict:
@@ -89,3 +90,77 @@ def test_pixel_accuracy_hides_a_missed_small_class():
     assert scores["pixel_acc"] == pytest.approx(0.99)
     assert scores["iou/c1"] == 0.0
     assert scores["miou"] == pytest.approx(0.99 / 2)
+
+
+def reference_boundary_counts(preds, target, num_classes, ignore_index, width):
+    """Boundary IoU counts by dilation with OpenCV: a pixel of class c is on c's boundary when a
+    counted pixel of another class lies within ``width`` (chessboard distance)."""
+    kernel = np.ones((2 * width + 1, 2 * width + 1), np.uint8)
+    inter, union = np.zeros(num_classes), np.zeros(num_classes)
+    for p, t in zip(preds, target, strict=True):
+        valid = t != ignore_index
+        for c in range(num_classes):
+            bands = []
+            for labels in (t, p):
+                region = (labels == c) & valid
+                others = (labels != c) & valid
+                # cv2.dilate treats the outside of the image as absent: edges are not boundaries.
+                bands.append(region & (cv2.dilate(others.astype(np.uint8), kernel) > 0))
+            inter[c] += np.sum(bands[0] & bands[1])
+            union[c] += np.sum(bands[0] | bands[1])
+    return inter, union
+
+
+def random_regions(rng, num_classes, shape):
+    """Blocky label maps (so that there are regions with insides, not only edges)."""
+    coarse = rng.integers(0, num_classes, (shape[0], shape[1] // 4, shape[2] // 4))
+    return coarse.repeat(4, axis=1).repeat(4, axis=2)
+
+
+@pytest.mark.parametrize("width", [1, 3])
+def test_boundary_iou_matches_an_opencv_reference(width):
+    rng = np.random.default_rng(width)
+    num_classes, ignore = 3, 255
+    metric = BoundaryIoU(num_classes, ignore, width)
+    all_preds, all_target = [], []
+    for _ in range(3):
+        target = random_regions(rng, num_classes, (2, 32, 40))
+        preds = np.where(rng.random(target.shape) < 0.9, np.roll(target, 2, axis=2), 0)
+        target[:, :5, :7] = ignore
+        metric.update(torch.as_tensor(preds), torch.as_tensor(target))
+        all_preds.append(preds)
+        all_target.append(target)
+    inter, union = reference_boundary_counts(
+        np.concatenate(all_preds), np.concatenate(all_target), num_classes, ignore, width
+    )
+    assert metric.intersection.tolist() == inter.tolist()
+    assert metric.union.tolist() == union.tolist()
+    torch.testing.assert_close(metric.compute(), torch.as_tensor(inter / union, dtype=torch.float32))
+
+
+def test_boundary_iou_punishes_coarse_edges_that_region_iou_forgives():
+    # A 48x48 square predicted at 1/8 resolution (FCN-32s-like blocky edges): region IoU stays
+    # high, boundary IoU drops.
+    target = np.zeros((1, 64, 64), np.int64)
+    target[0, 9:57, 9:57] = 1
+    coarse = cv2.resize(target[0].astype(np.uint8), (8, 8), interpolation=cv2.INTER_AREA)
+    preds = cv2.resize(coarse, (64, 64), interpolation=cv2.INTER_NEAREST)[None].astype(np.int64)
+    confusion = confusion_matrix_metric(2, 255)
+    boundary = BoundaryIoU(2, 255, width=2)
+    for metric in (confusion, boundary):
+        metric.update(torch.as_tensor(preds), torch.as_tensor(target))
+    scores = scores_from_confusion(confusion.compute(), ["bg", "square"], 255, boundary.compute())
+    assert scores["iou/square"] > 0.8
+    assert scores["boundary_iou"] < 0.5
+    perfect = BoundaryIoU(2, 255, width=2)
+    perfect.update(torch.as_tensor(target), torch.as_tensor(target))
+    assert perfect.compute().tolist() == [1.0, 1.0]
+
+
+def test_image_edges_and_ignored_pixels_are_not_boundaries():
+    target = torch.zeros(1, 16, 16, dtype=torch.long)
+    target[0, :, 8:] = 255  # half the image ignored: class 0 meets only the edge and the void
+    metric = BoundaryIoU(2, 255, width=2)
+    metric.update(torch.zeros_like(target), target)
+    assert metric.union.tolist() == [0, 0]
+    assert all(math.isnan(v) for v in metric.compute().tolist())

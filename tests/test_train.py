@@ -11,9 +11,11 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pytest
 import torch
 
-from semseg.train import train
+from semseg.train import build_module, train
+from tests.conftest import CONF_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -23,7 +25,7 @@ def test_fit_validate_test_write_contract_metrics(make_cfg):
     metrics = train(cfg)
     out = Path(cfg.output_dir)
     for stage in ("val", "test"):
-        for key in ("loss", "miou", "dice", "pixel_acc", "iou/background", "dice/background"):
+        for key in ("loss", "miou", "dice", "pixel_acc", "boundary_iou", "iou/background", "dice/background"):
             assert f"{stage}/{key}" in metrics, f"{stage}/{key}"
         assert 0.0 <= metrics[f"{stage}/miou"] <= 1.0
     saved = json.loads((out / "metrics.json").read_text())
@@ -32,6 +34,46 @@ def test_fit_validate_test_write_contract_metrics(make_cfg):
     with open(out / "csv" / "metrics.csv") as f:
         columns = next(csv.reader(f))
     assert {"train/loss", "train/loss_ce", "train/loss_dice", "train/lr", "val/miou"} <= set(columns)
+
+
+MODELS = sorted(path.stem for path in (CONF_DIR / "model").glob("*.yaml") if path.stem != "smp")
+LOSSES = sorted(path.stem for path in (CONF_DIR / "loss").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("model", MODELS)
+@pytest.mark.parametrize("loss", LOSSES)
+def test_every_model_trains_with_every_loss(make_cfg, model: str, loss: str):
+    metrics = train(make_cfg(f"model={model}", f"loss={loss}", "run_test=false", "trainer.limit_train_batches=1"))
+    assert np.isfinite(metrics["val/loss"])
+    assert 0.0 <= metrics["val/miou"] <= 1.0 and 0.0 <= metrics["val/boundary_iou"] <= 1.0
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_every_model_trains_and_evaluates_on_odd_sized_images(make_cfg, odd_size_root: Path, model: str):
+    cfg = make_cfg(f"model={model}", "data.batch_size=3", "run_test=false", root=odd_size_root)
+    metrics = train(cfg)
+    assert np.isfinite(metrics["val/loss"]) and 0.0 <= metrics["val/miou"] <= 1.0
+
+
+def test_compile_and_channels_last_train_and_keep_plain_checkpoint_names(make_cfg):
+    # aot_eager: the dynamo graph capture of torch.compile without inductor's slow C++ build.
+    cfg = make_cfg("model.channels_last=true", "model.compile={backend: aot_eager}", "run_test=false")
+    metrics = train(cfg)
+    assert np.isfinite(metrics["val/loss"])
+    state = torch.load(Path(cfg.output_dir) / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+    assert set(state) == set(build_module(make_cfg()).state_dict())  # no "_orig_mod." prefixes
+
+
+def test_compile_happens_once_in_configure_model_and_only_when_asked(make_cfg):
+    plain = build_module(make_cfg())
+    plain.configure_model()
+    assert plain.net._compiled_call_impl is None
+    compiled = build_module(make_cfg("model.compile=true"))
+    assert compiled.net._compiled_call_impl is None  # loading for inference does not compile
+    compiled.configure_model()
+    first = compiled.net._compiled_call_impl
+    compiled.configure_model()  # Lightning calls it before fit, validate and test
+    assert first is not None and compiled.net._compiled_call_impl is first
 
 
 def test_checkpoint_carries_what_inference_needs(make_cfg):

@@ -12,7 +12,7 @@ from hydra.utils import instantiate
 from torch import nn
 
 from semseg.losses import build_loss
-from semseg.metrics import confusion_matrix_metric, scores_from_confusion
+from semseg.metrics import BoundaryIoU, confusion_matrix_metric, scores_from_confusion
 from semseg.models import build_model, encoder_normalization
 from semseg.schedulers import build_scheduler
 
@@ -37,6 +37,7 @@ class SegmentationModule(L.LightningModule):
         class_weights: per-class cross-entropy weights, or None.
         normalization: ``{"mean": [...], "std": [...]}`` of the inputs (0..1 units); None takes
             the encoder's (see ``semseg.models.encoder_normalization``).
+        boundary_width: band width in pixels of the boundary IoU metric.
     """
 
     def __init__(
@@ -51,6 +52,7 @@ class SegmentationModule(L.LightningModule):
         in_channels: int = 3,
         class_weights: Sequence[float] | None = None,
         normalization: Mapping[str, Sequence[float]] | None = None,
+        boundary_width: int = 3,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -62,6 +64,21 @@ class SegmentationModule(L.LightningModule):
         self.confusion = nn.ModuleDict(
             {stage: confusion_matrix_metric(num_classes, ignore_index) for stage in EVAL_STAGES}
         )
+        self.boundary = nn.ModuleDict(
+            {stage: BoundaryIoU(num_classes, ignore_index, boundary_width) for stage in EVAL_STAGES}
+        )
+        self._compiled = False
+
+    def configure_model(self) -> None:
+        """Compiles the network when ``model.compile`` asks (Lightning calls this before each stage).
+
+        Compiled in place (``nn.Module.compile``), so parameter names and checkpoints are the same
+        as without compilation; loading a checkpoint for inference does not compile.
+        """
+        option = self.hparams.model.get("compile")
+        if option and not self._compiled:
+            self.net.compile(**({} if option is True else dict(option)))
+            self._compiled = True
 
     @property
     def normalization(self) -> tuple[list[float], list[float]]:
@@ -85,7 +102,9 @@ class SegmentationModule(L.LightningModule):
                 self.log(f"train/loss_{name}", value, on_step=True, batch_size=batch_size)
         else:
             self.log(f"{stage}/loss", total, on_epoch=True, sync_dist=True, batch_size=batch_size)
-            self.confusion[stage].update(logits.argmax(dim=1), masks)
+            preds = logits.argmax(dim=1)
+            self.confusion[stage].update(preds, masks)
+            self.boundary[stage].update(preds, masks)
         return total
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
@@ -99,9 +118,12 @@ class SegmentationModule(L.LightningModule):
         self._shared_step(batch, "test")
 
     def _log_scores(self, stage: str) -> None:
-        confusion = self.confusion[stage]
-        scores = scores_from_confusion(confusion.compute(), self.hparams.class_names, self.hparams.ignore_index)
+        confusion, boundary = self.confusion[stage], self.boundary[stage]
+        scores = scores_from_confusion(
+            confusion.compute(), self.hparams.class_names, self.hparams.ignore_index, boundary.compute()
+        )
         confusion.reset()
+        boundary.reset()
         # Absent classes (NaN) are not logged: they have no score, and a NaN would poison charts.
         # No sync_dist: compute() already summed the confusion matrix over the DDP ranks.
         self.log_dict({f"{stage}/{k}": v for k, v in scores.items() if not math.isnan(v)})

@@ -56,6 +56,7 @@ def build_module(cfg: DictConfig) -> SegmentationModule:
         in_channels=data.in_channels,
         class_weights=container["loss"].get("class_weights"),
         normalization=normalization,
+        boundary_width=cfg.metrics.boundary_width,
     )
 
 
