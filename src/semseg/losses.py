@@ -1,30 +1,86 @@
 """Losses as named, weighted terms: ``loss.terms: {ce: 1.0, dice: 1.0}`` is CE + Dice.
 
-Each term comes from torch or smp.losses; the compound only sums them and reports each one, so
-``train/loss_<term>`` shows which part of the objective moves.
+A term's value is its weight, or a mapping of its weight and its own arguments:
+``tversky: {weight: 1.0, alpha: 0.3, beta: 0.7}``. Each term comes from torch or smp.losses
+(``boundary_ce`` is written here: neither has it); the compound only sums them and reports each
+one, so ``train/loss_<term>`` shows which part of the objective moves.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import segmentation_models_pytorch as smp
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from semseg.errors import ConfigError
+from semseg.metrics import boundary_band
 
-TERMS = ("ce", "dice")
+MULTICLASS = smp.losses.MULTICLASS_MODE
+TERMS = ("ce", "dice", "focal", "lovasz", "tversky", "boundary_ce")
 
 
-def build_term(name: str, ignore_index: int, class_weights: Sequence[float] | None) -> nn.Module:
-    """One loss term on (N, C, H, W) logits and (N, H, W) class-index targets."""
+class BoundaryWeightedCE(nn.Module):
+    """Cross-entropy in which pixels near class edges weigh ``edge_weight`` times more.
+
+    The idea of U-Net's weight map (Ronneberger et al. 2015, errors at borders between touching
+    objects cost more), simplified to a band: a pixel with another class within ``width`` pixels
+    gets ``edge_weight``, every other pixel 1. The mean is taken over the weights of the counted
+    pixels, so the loss stays on CE's scale. Written here because neither torch nor smp has it.
+
+    Args:
+        ignore_index: target value left out.
+        class_weights: optional per-class weights, multiplied in.
+        width: band width in pixels (chessboard distance), as in ``BoundaryIoU``.
+        edge_weight: weight of the pixels in the band.
+    """
+
+    def __init__(
+        self,
+        ignore_index: int,
+        class_weights: torch.Tensor | None = None,
+        width: int = 3,
+        edge_weight: float = 5.0,
+    ):
+        super().__init__()
+        self.ignore_index, self.width, self.edge_weight = ignore_index, width, edge_weight
+        self.register_buffer("class_weights", class_weights)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        valid = target != self.ignore_index
+        pixel_loss = F.cross_entropy(logits, target, ignore_index=self.ignore_index, reduction="none")
+        band = boundary_band(torch.where(valid, target, 0), valid, self.width)
+        weights = 1.0 + (self.edge_weight - 1.0) * band.to(logits.dtype)
+        if self.class_weights is not None:
+            weights = weights * self.class_weights[torch.where(valid, target, 0)]
+        weights = weights * valid
+        return (weights * pixel_loss).sum() / weights.sum().clamp(min=torch.finfo(logits.dtype).eps)
+
+
+def build_term(name: str, ignore_index: int, class_weights: Sequence[float] | None, **params: Any) -> nn.Module:
+    """One loss term on (N, C, H, W) logits and (N, H, W) class-index targets.
+
+    ``class_weights`` (if given) weigh every term that supports them (all but ``lovasz``);
+    ``params`` are the term's own arguments (for example ``gamma`` of ``focal``).
+    """
+    weights = None if class_weights is None else torch.tensor(list(class_weights), dtype=torch.float)
+    listed = None if class_weights is None else list(class_weights)
     match name:
         case "ce":
-            weight = None if class_weights is None else torch.tensor(list(class_weights), dtype=torch.float)
-            return nn.CrossEntropyLoss(weight=weight, ignore_index=ignore_index)
+            return nn.CrossEntropyLoss(weight=weights, ignore_index=ignore_index, **params)
         case "dice":
-            return smp.losses.DiceLoss(smp.losses.MULTICLASS_MODE, from_logits=True, ignore_index=ignore_index)
+            return smp.losses.DiceLoss(MULTICLASS, ignore_index=ignore_index, class_weights=listed, **params)
+        case "focal":  # Lin et al. 2017: (1 - p)^gamma down-weights the easy pixels
+            return smp.losses.FocalLoss(MULTICLASS, ignore_index=ignore_index, class_weights=listed, **params)
+        case "lovasz":  # Berman et al. 2018: a convex surrogate of the IoU itself
+            return smp.losses.LovaszLoss(MULTICLASS, ignore_index=ignore_index, **params)
+        case "tversky":  # Salehi et al. 2017: alpha weighs false positives, beta false negatives
+            return smp.losses.TverskyLoss(MULTICLASS, ignore_index=ignore_index, class_weights=listed, **params)
+        case "boundary_ce":
+            return BoundaryWeightedCE(ignore_index, weights, **params)
         case _:
             raise ConfigError(f"unknown loss term '{name}' in loss.terms; valid terms: {', '.join(TERMS)}.")
 
@@ -43,21 +99,39 @@ class CompoundLoss(nn.Module):
         return total, values
 
 
+def _weight_and_params(name: str, spec: Any) -> tuple[float, dict[str, Any]]:
+    if isinstance(spec, Mapping):
+        params = dict(spec)
+        return float(params.pop("weight", 1.0)), params
+    try:
+        return float(spec), {}
+    except (TypeError, ValueError):
+        raise ConfigError(
+            f"loss.terms.{name}={spec!r}: give a weight (1.0) or a mapping such as {{weight: 1.0, gamma: 2.0}}."
+        ) from None
+
+
 def build_loss(
     cfg: Mapping, num_classes: int, ignore_index: int, class_weights: Sequence[float] | None = None
 ) -> CompoundLoss:
     """Builds the ``loss`` config group.
 
     Args:
-        cfg: ``terms`` (name -> weight).
+        cfg: ``terms`` (name -> weight, or name -> {weight, term arguments}).
         num_classes: number of classes, to check ``class_weights`` against.
         ignore_index: target value every term ignores.
-        class_weights: per-class weights for the cross-entropy term, or None.
+        class_weights: per-class weights for the terms that take them, or None.
     """
     terms = dict(cfg.get("terms") or {})
     if not terms:
         raise ConfigError(f"loss.terms is empty; give at least one of {', '.join(TERMS)} with a weight.")
     if class_weights is not None and len(class_weights) != num_classes:
         raise ConfigError(f"loss.class_weights has {len(class_weights)} values but data.num_classes={num_classes}.")
-    modules = {name: build_term(name, ignore_index, class_weights) for name in terms}
-    return CompoundLoss(modules, {name: float(weight) for name, weight in terms.items()})
+    modules, weights = {}, {}
+    for name, spec in terms.items():
+        weights[name], params = _weight_and_params(name, spec)
+        try:
+            modules[name] = build_term(name, ignore_index, class_weights, **params)
+        except TypeError as error:  # an argument the term does not take
+            raise ConfigError(f"loss.terms.{name}: {error}") from error
+    return CompoundLoss(modules, weights)
