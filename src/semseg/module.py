@@ -34,7 +34,7 @@ class SegmentationModule(L.LightningModule):
         class_names: one name per class, used in metric names.
         ignore_index: target value ignored by loss and metrics.
         in_channels: image channels.
-        class_weights: per-class cross-entropy weights, or None.
+        class_weights: per-class weights for the loss terms that take them, or None.
         normalization: ``{"mean": [...], "std": [...]}`` of the inputs (0..1 units); None takes
             the encoder's (see ``semseg.models.encoder_normalization``).
         boundary_width: band width in pixels of the boundary IoU metric.

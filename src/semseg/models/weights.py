@@ -44,6 +44,7 @@ def _encoder_state(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]
 
 
 def load_local_encoder(model: nn.Module, path: Path, in_channels: int) -> None:
+    """Loads a local weights file into ``model.encoder`` (built for 3 channels), then adapts it."""
     if not path.is_file():
         raise ConfigError(
             f"model.encoder_weights={path}: no such file. Give an existing weights file, 'imagenet', "
