@@ -51,11 +51,12 @@ class BoundaryWeightedCE(nn.Module):
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         valid = target != self.ignore_index
+        classes = torch.where(valid, target, 0)  # any class at ignored pixels: their weight is zeroed
         pixel_loss = F.cross_entropy(logits, target, ignore_index=self.ignore_index, reduction="none")
-        band = boundary_band(torch.where(valid, target, 0), valid, self.width)
+        band = boundary_band(classes, valid, self.width)
         weights = 1.0 + (self.edge_weight - 1.0) * band.to(logits.dtype)
         if self.class_weights is not None:
-            weights = weights * self.class_weights[torch.where(valid, target, 0)]
+            weights = weights * self.class_weights[classes]
         weights = weights * valid
         return (weights * pixel_loss).sum() / weights.sum().clamp(min=torch.finfo(logits.dtype).eps)
 

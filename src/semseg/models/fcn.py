@@ -82,10 +82,8 @@ class FCNDecoder(nn.Module):
         scores = self.classifier(features[-1])
         for stride, score_skip, upsample in zip(self.strides[1:], self.skip_scores, self.upsample2x, strict=True):
             skip = score_skip(features[stride.bit_length() - 1])
-            scores = upsample(scores)
-            if scores.shape[-2:] != skip.shape[-2:]:  # only when called on unpadded odd sizes
-                scores = F.interpolate(scores, size=skip.shape[-2:], mode="bilinear", align_corners=False)
-            scores = scores + skip
+            # Exactly 2x: inputs are multiples of 32 (smp's check_input_shape; SegmentationNet pads).
+            scores = upsample(scores) + skip
         return scores
 
 
