@@ -25,6 +25,15 @@ CHEAP = [
 ]
 
 
+@pytest.fixture(scope="session", autouse=True)
+def mask_cache(tmp_path_factory: pytest.TempPathFactory):
+    """Tests keep the mask statistics cache out of the user's ~/.cache."""
+    with pytest.MonkeyPatch.context() as patch:
+        path = tmp_path_factory.mktemp("cache")
+        patch.setenv("SEMSEG_CACHE_DIR", str(path))
+        yield path
+
+
 @pytest.fixture(scope="session")
 def tiny_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 32x32 synthetic data set (8 train, 4 val, 4 test) in the image-mask folder layout."""

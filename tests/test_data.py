@@ -67,7 +67,7 @@ def test_pairs_are_matched_by_stem_across_extensions(tmp_path: Path):
 def test_image_without_mask_names_the_file(tmp_path: Path):
     write_pair(tmp_path, "train", "ok", np.zeros((8, 8), np.uint8), np.zeros((8, 8), np.uint8))
     write_pair(tmp_path, "train", "lonely", np.zeros((8, 8), np.uint8), None)
-    with pytest.raises(DataError, match=r"lonely\.png has no mask"):
+    with pytest.raises(DataError, match=r"lonely\.png: has no mask"):
         list_pairs(tmp_path, "train")
 
 

@@ -131,11 +131,11 @@ def test_cli_reports_a_bad_data_root_without_a_traceback(tmp_path: Path):
     missing = tmp_path / "nowhere"
     result = run_train_cli(tmp_path, "data=folder", f"data.root={missing}", "data.num_classes=2")
     assert result.returncode == 2, result.stderr
-    assert f"error: no folder {missing}/images/train" in result.stderr
+    assert f"{missing}/images/train: no such folder. Fix: data.root must hold images/" in result.stderr
     assert "Traceback" not in result.stderr
 
 
-def test_cli_reports_a_0_255_mask_read_in_a_loader_worker(tmp_path: Path):
+def test_cli_stops_a_0_255_mask_at_start_up_with_the_file_and_the_fix(tmp_path: Path):
     root = tmp_path / "binary"
     for split in ("train", "val"):
         for folder in ("images", "masks"):
@@ -148,7 +148,9 @@ def test_cli_reports_a_0_255_mask_read_in_a_loader_worker(tmp_path: Path):
         tmp_path, "data=folder", f"data.root={root}", "data.num_classes=2", "data.num_workers=1", "trainer=cpu"
     )
     assert result.returncode == 2, result.stderr
-    last_line = result.stderr.strip().splitlines()[-1]
-    assert last_line.startswith("error: ") and "a.png: mask values [255]" in last_line
-    assert "data.label_map" in last_line
+    assert "error: the data set" in result.stderr and "nothing was trained" in result.stderr
+    for split in ("train", "val"):
+        assert f"masks/{split}/a.png: holds values [255] that are not classes 0..1." in result.stderr
+    assert "Fix: 0/255 masks: set data.label_map={0: 0, 255: 1}" in result.stderr
     assert "Traceback" not in result.stderr
+    assert not list(tmp_path.rglob("*.ckpt"))

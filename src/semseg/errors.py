@@ -3,6 +3,11 @@
 Entry points print these without a traceback; anything else is a bug and keeps its traceback.
 """
 
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
 
 class SemsegError(ValueError):
     """A problem in the user's data or configuration."""
@@ -14,3 +19,25 @@ class DataError(SemsegError):
 
 class ConfigError(SemsegError):
     """A configuration problem (a key, a name, an incompatible choice)."""
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with a data set: where, what, and how to fix it."""
+
+    file: str
+    problem: str
+    fix: str
+
+    def __str__(self) -> str:
+        return f"{self.file}: {self.problem} Fix: {self.fix}"
+
+
+def problems_message(problems: Sequence[Problem], header: str, limit: int = 10) -> str:
+    """``header`` and the first ``limit`` problems, one per line, with a count of the rest."""
+    lines = [header, *(f"  {p}" for p in problems[:limit])]
+    if len(problems) > limit:
+        lines.append(
+            f"  ... and {len(problems) - limit} more (the JSON report of scripts/inspect_data.py lists them all)."
+        )
+    return "\n".join(lines)

@@ -2,44 +2,40 @@
 
 from __future__ import annotations
 
-import json
+import logging
 import math
-import os
-import tempfile
 from pathlib import Path
 
 import lightning as L
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
+from semseg.class_weights import resolve_class_weights
 from semseg.data import SegmentationDataModule
 from semseg.data.dataset import resolve_class_names
+from semseg.data.doctor import check_data
+from semseg.files import write_json_atomic
 from semseg.loggers import build_logger, finish_logger
 from semseg.module import SegmentationModule
 
+log = logging.getLogger(__name__)
+
 # Keys of the data group that are not SegmentationDataModule arguments.
 _DATA_KEYS_FOR_MODULE = ("mean", "std")
-
-
-def write_json_atomic(path: Path, payload: dict) -> None:
-    """Writes JSON beside ``path`` and renames it into place: readers never see half a file."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(payload, f, indent=2, sort_keys=True, allow_nan=False)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
 
 
 def _json_safe(metrics: dict[str, float]) -> dict[str, float | None]:
     return {k: (None if math.isnan(v) else v) for k, v in metrics.items()}
 
 
-def build_module(cfg: DictConfig) -> SegmentationModule:
-    """The LightningModule described by ``cfg`` (model, loss, optimizer, scheduler, data classes)."""
+def build_module(cfg: DictConfig, class_weights: list[float] | None = None) -> SegmentationModule:
+    """The LightningModule described by ``cfg`` (model, loss, optimizer, scheduler, data classes).
+
+    ``class_weights`` are the resolved ``loss.class_weights`` (see ``resolve_class_weights``);
+    they are saved with the module's hyper-parameters, so the checkpoint and the logger hold them.
+    """
     data = cfg.data
     normalization = None
     if data.get("mean") is not None and data.get("std") is not None:
@@ -54,7 +50,7 @@ def build_module(cfg: DictConfig) -> SegmentationModule:
         class_names=resolve_class_names(data.num_classes, data.get("class_names")),
         ignore_index=SegmentationDataModule.effective_ignore_index(data.get("ignore_index")),
         in_channels=data.in_channels,
-        class_weights=container["loss"].get("class_weights"),
+        class_weights=class_weights,
         normalization=normalization,
         boundary_width=cfg.metrics.boundary_width,
     )
@@ -65,6 +61,13 @@ def build_datamodule(cfg: DictConfig, module: SegmentationModule) -> Segmentatio
     kwargs = {k: v for k, v in OmegaConf.to_container(cfg.data, resolve=True).items() if k not in _DATA_KEYS_FOR_MODULE}
     mean, std = module.normalization
     return SegmentationDataModule(**kwargs, mean=mean, std=std)
+
+
+def _log_class_weights(spec: object, class_names: list[str], weights: list[float] | None) -> None:
+    if weights is not None:
+        named = ", ".join(f"{name} {w:g}" for name, w in zip(class_names, weights, strict=True))
+        source = f" ({spec} from the training masks)" if isinstance(spec, str) else ""
+        log.info(f"loss.class_weights{source}: {named}")
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
@@ -81,7 +84,13 @@ def train(cfg: DictConfig) -> dict[str, float]:
     output_dir.mkdir(parents=True, exist_ok=True)
     L.seed_everything(cfg.seed, workers=True)
 
-    module = build_module(cfg)
+    # The data set is checked before any work: a bad file stops the run here, with its name and fix.
+    report = check_data(OmegaConf.to_container(cfg.data, resolve=True))
+    class_weights = resolve_class_weights(cfg.loss.get("class_weights"), report.class_names, report.train_counts)
+    _log_class_weights(cfg.loss.get("class_weights"), report.class_names, class_weights)
+    if rank_zero_only.rank == 0:
+        write_json_atomic(output_dir / "data_report.json", report.to_json())
+    module = build_module(cfg, class_weights)
     datamodule = build_datamodule(cfg, module)
     logger = build_logger(cfg.get("logger"))
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]

@@ -9,9 +9,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import Dataset
 
-from semseg.errors import DataError
+from semseg.errors import DataError, Problem, problems_message
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
 SPLITS = ("train", "val", "test")
@@ -19,7 +20,7 @@ SPLITS = ("train", "val", "test")
 # Masks travel through the augmentations as uint8, where this value marks ignored pixels (stored
 # ignore values and padding). It can never be a class: num_classes is at most 255.
 MASK_PAD_CODE = 255
-_INVALID = np.uint16(0xFFFF)
+INVALID_CODE = np.uint16(0xFFFF)
 
 
 def resolve_class_names(num_classes: int, class_names: list[str] | None) -> list[str]:
@@ -30,66 +31,78 @@ def resolve_class_names(num_classes: int, class_names: list[str] | None) -> list
     return names
 
 
-def _index_files(folder: Path) -> dict[str, Path]:
-    """Maps stem -> path for the image files directly in ``folder``.
+def _index_files(folder: Path) -> tuple[dict[str, Path], list[Problem]]:
+    """Maps stem -> path for the image files directly in ``folder``; two files of one stem are a problem.
 
     os.scandir reads names and types in one system call per directory block, which keeps a
     10,000-file folder scan fast (no per-file stat).
     """
     files: dict[str, Path] = {}
+    problems = []
     with os.scandir(folder) as entries:
-        for entry in entries:
+        for entry in sorted(entries, key=lambda e: e.name):
             stem, ext = os.path.splitext(entry.name)
             if ext.lower() not in IMAGE_EXTENSIONS or entry.name.startswith("."):
                 continue
             if stem in files:
-                raise DataError(
-                    f"two files share the stem '{stem}' in {folder}: {files[stem].name} and "
-                    f"{entry.name}. Pairs are matched by stem; keep one of them."
+                problems.append(
+                    Problem(
+                        entry.path,
+                        f"shares its stem with {files[stem].name}; pairs are matched by stem.",
+                        "keep one of the two files.",
+                    )
                 )
+                continue
             files[stem] = Path(entry.path)
-    return files
+    return files, problems
 
 
-def list_pairs(root: str | os.PathLike, split: str, require_masks: bool = True) -> list[tuple[Path, Path | None]]:
+def find_pairs(
+    root: str | os.PathLike, split: str, require_masks: bool = True
+) -> tuple[list[tuple[Path, Path | None]], list[Problem]]:
     """Pairs ``root/images/<split>`` with ``root/masks/<split>`` by file stem, sorted by stem.
 
-    Args:
-        root: data set folder.
-        split: ``train``, ``val`` or ``test``.
-        require_masks: if False, a split without a masks folder yields ``(image, None)`` pairs.
-
-    Raises:
-        DataError: a missing folder, an empty split, or an image without a mask (or the reverse).
+    Returns the pairs that match and the problems found (a missing folder, an empty split, an
+    image without a mask or a mask without an image), each naming its file and the fix.
+    With ``require_masks=False`` a split without a masks folder yields ``(image, None)`` pairs.
     """
     root = Path(root)
     image_dir, mask_dir = root / "images" / split, root / "masks" / split
     if not image_dir.is_dir():
-        raise DataError(
-            f"no folder {image_dir}. data.root must hold images/{{train,val,test}} and "
-            f"masks/{{train,val,test}} (data.root={root})."
-        )
-    images = _index_files(image_dir)
+        fix = f"data.root must hold images/{{train,val,test}} and masks/{{train,val,test}} (data.root={root})."
+        return [], [Problem(str(image_dir), "no such folder.", fix)]
+    images, problems = _index_files(image_dir)
     if not images:
-        raise DataError(f"{image_dir} holds no images ({', '.join(IMAGE_EXTENSIONS)}).")
+        problems.append(Problem(str(image_dir), "holds no images.", f"add {', '.join(IMAGE_EXTENSIONS)} files."))
+        return [], problems
     if not mask_dir.is_dir():
         if require_masks:
-            raise DataError(f"no folder {mask_dir}: every image of the {split} split needs a mask.")
-        return [(images[s], None) for s in sorted(images)]
-    masks = _index_files(mask_dir)
-    lonely_images = sorted(images.keys() - masks.keys())
-    lonely_masks = sorted(masks.keys() - images.keys())
-    if lonely_images or lonely_masks:
-        lines = [f"{images[s]} has no mask in {mask_dir}" for s in lonely_images[:5]]
-        lines += [f"{masks[s]} has no image in {image_dir}" for s in lonely_masks[:5]]
-        more = len(lonely_images) + len(lonely_masks) - len(lines)
-        raise DataError(
-            "images and masks do not pair up (matched by file stem):\n  "
-            + "\n  ".join(lines)
-            + (f"\n  ... and {more} more" if more > 0 else "")
-            + "\nAdd the missing files or remove the unpaired ones."
+            problems.append(
+                Problem(str(mask_dir), "no such folder.", f"every image of the {split} split needs a mask.")
+            )
+            return [], problems
+        return [(images[s], None) for s in sorted(images)], problems
+    masks, mask_problems = _index_files(mask_dir)
+    problems += mask_problems
+    for stem in sorted(images.keys() - masks.keys()):
+        problems.append(
+            Problem(str(images[stem]), f"has no mask in {mask_dir}.", f"add {stem}.png there or remove the image.")
         )
-    return [(images[s], masks[s]) for s in sorted(images)]
+    for stem in sorted(masks.keys() - images.keys()):
+        problems.append(Problem(str(masks[stem]), f"has no image in {image_dir}.", "add its image or remove the mask."))
+    return [(images[s], masks[s]) for s in sorted(images.keys() & masks.keys())], problems
+
+
+def list_pairs(root: str | os.PathLike, split: str, require_masks: bool = True) -> list[tuple[Path, Path | None]]:
+    """``find_pairs`` that raises on any problem.
+
+    Raises:
+        DataError: a missing folder, an empty split, or an image without a mask (or the reverse).
+    """
+    pairs, problems = find_pairs(root, split, require_masks)
+    if problems:
+        raise DataError(problems_message(problems, f"the {split} split of {root} does not pair up:"))
+    return pairs
 
 
 class MaskEncoder:
@@ -105,13 +118,13 @@ class MaskEncoder:
             raise DataError(f"data.num_classes={num_classes}: must be between 1 and 254.")
         self.num_classes = num_classes
         self.ignore_index = ignore_index
-        self.lut = np.full(65536, _INVALID, dtype=np.uint16)
+        self.lut = np.full(65536, INVALID_CODE, dtype=np.uint16)
         if label_map:
             for stored, cls in label_map.items():
                 self.lut[self._storable(stored)] = self._class_code(int(cls), stored)
         else:
             self.lut[:num_classes] = np.arange(num_classes)
-        if ignore_index is not None and 0 <= ignore_index < 65536 and self.lut[ignore_index] == _INVALID:
+        if ignore_index is not None and 0 <= ignore_index < 65536 and self.lut[ignore_index] == INVALID_CODE:
             self.lut[ignore_index] = MASK_PAD_CODE  # a stored ignore value stays ignored
 
     def _storable(self, stored: object) -> int:
@@ -140,7 +153,7 @@ class MaskEncoder:
         if stored.dtype not in (np.uint8, np.uint16):
             raise DataError(f"{path}: mask dtype {stored.dtype}; store masks as 8- or 16-bit PNG.")
         classes = self.lut[stored]
-        invalid = classes == _INVALID
+        invalid = classes == INVALID_CODE
         if invalid.any():
             bad = np.unique(stored[invalid])[:10].tolist()
             raise DataError(
@@ -169,8 +182,25 @@ def read_image(path: Path | str, in_channels: int) -> np.ndarray:
     return image
 
 
+def is_palette_png(path: Path | str) -> bool:
+    """True for a PNG whose pixels are palette indices (colour type 3 in its IHDR header)."""
+    with open(path, "rb") as f:
+        header = f.read(26)
+    return header[:8] == b"\x89PNG\r\n\x1a\n" and len(header) == 26 and header[25] == 3
+
+
 def read_mask(path: Path | str) -> np.ndarray:
-    """Reads a stored mask exactly as stored (no colour conversion, 16-bit kept)."""
+    """Reads a stored mask exactly as stored (no colour conversion, 16-bit kept).
+
+    Palette PNGs (as Pascal VOC ships) are read as their indices: OpenCV would expand them to
+    colours, so they go through Pillow, which keeps the indices.
+    """
+    try:
+        if is_palette_png(path):
+            with Image.open(path) as image:
+                return np.asarray(image)
+    except (OSError, SyntaxError):  # Pillow's errors for truncated or corrupt files
+        pass  # reported below as unreadable
     mask = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     if mask is None:
         raise DataError(f"{path}: cannot read this mask (missing, truncated or not an image file).")

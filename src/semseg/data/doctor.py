@@ -1,0 +1,342 @@
+"""The data set doctor: checks an image-mask folder and counts its classes before any training.
+
+``inspect_dataset`` pairs every split, reads image headers (every image in full with
+``full=True``), summarises every mask (one cached streaming pass, see ``mask_stats``), and returns a
+``DataReport``: problems (each naming its file and the fix), warnings, class pixel frequencies,
+per-image presence and suggested class weights. Training runs it at start-up (fast path: cached
+mask summaries, image headers only) and stops on any problem; ``scripts/inspect_data.py`` prints
+it and writes it as JSON.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from semseg.class_weights import METHODS, ClassCounts, weights_from_counts
+from semseg.data.dataset import (
+    INVALID_CODE,
+    MASK_PAD_CODE,
+    SPLITS,
+    MaskEncoder,
+    find_pairs,
+    resolve_class_names,
+)
+from semseg.data.mask_stats import MaskSummary, summarize_masks
+from semseg.data.synthetic import SyntheticSpec, generate
+from semseg.errors import DataError, Problem, problems_message
+
+MAX_LISTED_VALUES = 10
+
+
+@dataclass
+class SplitReport:
+    """One split: how many pairs, and (when labelled) its class counts and ignored pixels."""
+
+    pairs: int
+    labelled: bool
+    counts: ClassCounts | None = None
+    ignored_pixels: int = 0
+    image_sizes: dict[str, int] = field(default_factory=dict)  # "WxH" -> images of that size
+
+
+@dataclass
+class DataReport:
+    """What ``inspect_dataset`` found; ``ok`` when there are no problems (warnings are allowed)."""
+
+    root: Path
+    class_names: list[str]
+    splits: dict[str, SplitReport]
+    problems: list[Problem]
+    warnings: list[str]
+    notes: list[str]
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    @property
+    def train_counts(self) -> ClassCounts | None:
+        train = self.splits.get("train")
+        return train.counts if train else None
+
+    def raise_for_problems(self) -> None:
+        """Raises ``DataError`` listing the problems (the first ten, and how many more)."""
+        if self.problems:
+            header = f"the data set {self.root} has {len(self.problems)} problem(s); nothing was trained:"
+            raise DataError(problems_message(self.problems, header))
+
+    def suggested_weights(self) -> dict[str, list[float]]:
+        counts = self.train_counts
+        if counts is None or not counts.pixels.any():
+            return {}
+        return {method: weights_from_counts(counts, method) for method in METHODS}
+
+    def to_json(self) -> dict:
+        splits = {}
+        for name, split in self.splits.items():
+            entry: dict = {"pairs": split.pairs, "labelled": split.labelled, "image_sizes": split.image_sizes}
+            if split.counts is not None:
+                counts = split.counts
+                entry["ignored_pixels"] = split.ignored_pixels
+                entry["classes"] = {
+                    cls: {
+                        "pixels": int(counts.pixels[i]),
+                        "frequency": round(float(counts.frequency[i]), 6),
+                        "images": int(counts.images[i]),
+                        "presence": round(float(counts.images[i] / max(counts.num_images, 1)), 4),
+                    }
+                    for i, cls in enumerate(self.class_names)
+                }
+            splits[name] = entry
+        return {
+            "root": str(self.root),
+            "ok": self.ok,
+            "class_names": self.class_names,
+            "splits": splits,
+            "problems": [vars(p) for p in self.problems],
+            "warnings": self.warnings,
+            "notes": self.notes,
+            "suggested_class_weights": self.suggested_weights(),
+        }
+
+    def summary(self, max_problems: int = 50) -> str:
+        """A readable table of the splits, classes and suggested weights, then the problems."""
+        lines = [f"data set {self.root}"]
+        lines += [
+            f"  {name:<5} {s.pairs:>6} pairs{'' if s.labelled else ' (unlabelled)'}"
+            + (f", sizes {_top_sizes(s.image_sizes)}" if s.image_sizes else "")
+            for name, s in self.splits.items()
+        ]
+        labelled = {name: s.counts for name, s in self.splits.items() if s.counts is not None and s.counts.num_images}
+        if labelled:
+            header = f"  {'class':<16}" + "".join(f"{name + ' pixels':>14}{'images':>9}" for name in labelled)
+            lines += ["", header]
+            for i, cls in enumerate(self.class_names):
+                row = f"  {cls:<16}"
+                for counts in labelled.values():
+                    row += f"{counts.frequency[i]:>13.2%} {counts.images[i]:>4}/{counts.num_images:<4}"
+                lines.append(row)
+        for method, weights in self.suggested_weights().items():
+            lines.append(f"  suggested loss.class_weights ({method}): [{', '.join(f'{w:g}' for w in weights)}]")
+        lines += [f"note: {note}" for note in self.notes]
+        lines += [f"warning: {warning}" for warning in self.warnings]
+        if self.problems:
+            lines.append(problems_message(self.problems, f"{len(self.problems)} problem(s):", limit=max_problems))
+        else:
+            lines.append("no problems found")
+        return "\n".join(lines)
+
+
+def _top_sizes(sizes: Mapping[str, int], limit: int = 3) -> str:
+    top = sorted(sizes.items(), key=lambda item: -item[1])[:limit]
+    more = f" and {len(sizes) - limit} more" if len(sizes) > limit else ""
+    return ", ".join(f"{size} ({count})" for size, count in top) + more
+
+
+def _image_size(path: Path, full: bool) -> tuple[tuple[int, int] | None, str, Problem | None]:
+    """(height, width) and Pillow's mode from the header, or a problem; ``full`` also decodes the pixels
+    (catching files truncated after their header)."""
+    unreadable = Problem(
+        str(path), "cannot be read (truncated, empty or not an image).", "re-export or remove the image and its mask."
+    )
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+            mode = image.mode
+    except (OSError, UnidentifiedImageError, SyntaxError):
+        return None, "", unreadable
+    if full and cv2.imread(str(path), cv2.IMREAD_UNCHANGED) is None:
+        return None, "", unreadable
+    return (height, width), mode, None
+
+
+def _value_fix(path: Path, values: list[int], bad: list[int], encoder: MaskEncoder, label_map: Mapping | None) -> str:
+    if path.suffix.lower() in (".jpg", ".jpeg"):
+        return "JPEG compression changes mask values along edges; store masks as PNG."
+    if not label_map and set(values) <= {0, 255}:
+        return "0/255 masks: set data.label_map={0: 0, 255: 1} (background 0, object 1) and data.num_classes=2."
+    hint = f"raise data.num_classes to {max(bad) + 1}, " if not label_map else ""
+    single = (
+        f"set data.ignore_index={bad[0]} if it marks pixels to skip, "
+        if len(bad) == 1 and encoder.ignore_index is None
+        else ""
+    )
+    return f"{single}{hint}or map stored values to classes with data.label_map."
+
+
+def _mask_problem(path: Path, mask: MaskSummary, image_size: tuple[int, int] | None) -> Problem | None:
+    """The first thing wrong with a mask file itself (not its values)."""
+    if mask.error:
+        return Problem(
+            str(path), "cannot be read (truncated, empty or not an image).", "re-export the mask, or remove the pair."
+        )
+    if mask.channels > 1:
+        if mask.equal_channels:
+            return Problem(
+                str(path),
+                f"has {mask.channels} identical channels: a grayscale mask saved as colour.",
+                "save it as a single-channel PNG (e.g. cv2.imwrite(path, mask[..., 0])).",
+            )
+        colours = ", ".join(str(tuple(c)) for c in mask.colours[:5])
+        return Problem(
+            str(path),
+            f"is an RGB colour mask (colours {colours}, ...); masks must hold class indices, one channel.",
+            "convert each colour to its class index and save single-channel PNGs (or palette PNGs, whose "
+            "indices are read as classes).",
+        )
+    if mask.dtype.startswith("float"):
+        return Problem(str(path), f"is a {mask.dtype} image.", "store masks as 8- or 16-bit PNG of class indices.")
+    if image_size is not None and (mask.height, mask.width) != image_size:
+        return Problem(
+            str(path),
+            f"is {mask.width}x{mask.height} but its image is {image_size[1]}x{image_size[0]} (WxH).",
+            "re-export the mask at its image's size (nearest-neighbour, never interpolated).",
+        )
+    return None
+
+
+def _count_classes(
+    path: Path, mask: MaskSummary, encoder: MaskEncoder, label_map: Mapping | None, report: SplitReport
+) -> Problem | None:
+    """Adds a mask's class pixels to ``report``, or returns the problem of its values that are not classes."""
+    values = np.asarray(mask.values, dtype=np.int64)
+    counts = np.asarray(mask.counts, dtype=np.int64)
+    codes = encoder.lut[values].astype(np.int64)
+    invalid = codes == INVALID_CODE
+    if invalid.any():
+        bad = values[invalid].tolist()
+        listed = bad[:MAX_LISTED_VALUES] + (["..."] if len(bad) > MAX_LISTED_VALUES else [])
+        mapped = " after data.label_map" if label_map else ""
+        return Problem(
+            str(path),
+            f"holds values {listed} that are not classes 0..{encoder.num_classes - 1}{mapped}.",
+            _value_fix(path, mask.values, bad, encoder, label_map),
+        )
+    ignored = codes == MASK_PAD_CODE
+    report.ignored_pixels += int(counts[ignored].sum())
+    class_pixels = np.bincount(codes[~ignored], weights=counts[~ignored], minlength=encoder.num_classes)
+    report.counts.add(class_pixels.astype(np.int64))
+    return None
+
+
+def inspect_dataset(
+    root: str | Path,
+    num_classes: int,
+    class_names: Sequence[str] | None = None,
+    ignore_index: int | None = None,
+    label_map: Mapping[int, int] | None = None,
+    in_channels: int = 3,
+    full: bool = False,
+) -> DataReport:
+    """Checks a data set folder and counts its classes (see the module docstring).
+
+    Args mirror the ``data`` config group; ``full`` decodes every image, not only its header.
+    """
+    root = Path(root)
+    encoder = MaskEncoder(num_classes, ignore_index, label_map)
+    names = resolve_class_names(num_classes, class_names)
+    problems: list[Problem] = []
+    grouped_warnings: dict[str, list[str]] = {}
+    pairs_by_split = {}
+    for split in SPLITS:
+        if split == "test" and not (root / "images" / "test").is_dir():
+            continue  # the test split is optional
+        pairs_by_split[split], found = find_pairs(root, split, require_masks=split != "test")
+        problems += found
+    mask_paths = [mask for pairs in pairs_by_split.values() for _, mask in pairs if mask is not None]
+    summaries = dict(zip(mask_paths, summarize_masks(root, mask_paths), strict=True))
+
+    splits, palette_masks = {}, 0
+    for split, pairs in pairs_by_split.items():
+        labelled = bool(pairs) and pairs[0][1] is not None
+        report = SplitReport(len(pairs), labelled, ClassCounts.zeros(num_classes) if labelled else None)
+        for image_path, mask_path in pairs:
+            size, mode, problem = _image_size(image_path, full)
+            if problem:
+                problems.append(problem)
+            else:
+                key = f"{size[1]}x{size[0]}"
+                report.image_sizes[key] = report.image_sizes.get(key, 0) + 1
+                _note_image_mode(image_path, mode, in_channels, grouped_warnings, problems)
+            if mask_path is None:
+                continue
+            mask = summaries[mask_path]
+            problem = _mask_problem(mask_path, mask, size)
+            if problem:
+                problems.append(problem)
+                continue
+            palette_masks += mask.palette
+            problem = _count_classes(mask_path, mask, encoder, label_map, report)
+            if problem:
+                problems.append(problem)
+        splits[split] = report
+
+    notes = []
+    if palette_masks:
+        notes.append(
+            f"{palette_masks} palette PNG mask(s): their palette indices are read as the stored values "
+            "(the colours are not used)."
+        )
+    warnings = [f"{len(files)} {kind}, e.g. {files[0]}" for kind, files in grouped_warnings.items()]
+    warnings += _class_warnings(splits, names)
+    return DataReport(root, names, splits, problems, warnings, notes)
+
+
+def _note_image_mode(path: Path, mode: str, in_channels: int, warnings: dict, problems: list[Problem]) -> None:
+    """Images that OpenCV converts on reading (warned, grouped) or that cannot match data.in_channels."""
+    channels = 3 if mode == "P" else Image.getmodebands(mode)  # palette images are read as colour
+    if mode.startswith("I"):
+        warnings.setdefault("16-bit images are read as 8-bit (OpenCV keeps the high byte)", []).append(str(path))
+    if channels == in_channels:
+        return
+    if in_channels in (1, 3):
+        what = "RGBA images lose their alpha channel" if mode == "RGBA" else f"{channels}-channel images are converted"
+        warnings.setdefault(f"{what} (data.in_channels={in_channels})", []).append(str(path))
+    else:
+        fix = "set data.in_channels to match the images."
+        problems.append(Problem(str(path), f"has {channels} channels but data.in_channels={in_channels}.", fix))
+
+
+def _class_warnings(splits: Mapping[str, SplitReport], names: Sequence[str]) -> list[str]:
+    warnings = []
+    for split, report in splits.items():
+        counts = report.counts
+        if counts is None or not counts.num_images:
+            continue
+        absent = [names[i] for i in np.flatnonzero(counts.pixels == 0)]
+        if absent and split == "train":
+            warnings.append(f"classes {absent} have no pixels in the train split: the model cannot learn them.")
+        elif absent:
+            warnings.append(
+                f"classes {absent} have no pixels in the {split} split: left out of its mIoU unless predicted."
+            )
+    return warnings
+
+
+def inspect_data_config(data: Mapping, full: bool = False) -> DataReport:
+    """``inspect_dataset`` for a ``data`` config group; generates the synthetic set first if configured."""
+    if data.get("synthetic"):
+        generate(data["root"], SyntheticSpec(**data["synthetic"]))
+    return inspect_dataset(
+        data["root"],
+        data["num_classes"],
+        data.get("class_names"),
+        data.get("ignore_index"),
+        data.get("label_map"),
+        data.get("in_channels", 3),
+        full=full,
+    )
+
+
+def check_data(data: Mapping) -> DataReport:
+    """Training's start-up check: the fast inspection of a ``data`` config; raises ``DataError`` on
+    any problem, before any training work."""
+    report = inspect_data_config(data)
+    report.raise_for_problems()
+    return report

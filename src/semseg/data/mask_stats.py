@@ -1,0 +1,127 @@
+"""What each stored mask holds (size, channels, value histogram): read in one streaming pass, cached.
+
+The histogram is of the *stored* values, before label_map, so one cache serves every label_map,
+ignore_index and num_classes: class counts are a table lookup away. The cache maps each mask file
+(path relative to the data root, byte size, modification time) to its summary, so a second run
+reads no mask, and a changed or replaced file is read again. Nothing in torch, torchmetrics or
+albumentations counts a data set's stored mask values, hence this module.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import warnings
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from semseg.data.dataset import is_palette_png, read_mask
+from semseg.errors import DataError
+from semseg.files import cache_dir, write_json_atomic
+
+CACHE_VERSION = 1
+MAX_COLOURS = 8  # distinct colours kept for a colour mask: enough to explain it
+
+
+@dataclass
+class MaskSummary:
+    """One mask file as stored.
+
+    ``values``/``counts`` are the distinct stored values and their pixel counts (single-channel
+    masks); ``colours`` the most frequent colours of a multi-channel mask with their counts.
+    ``error`` is set, and the rest empty, when the file cannot be read.
+    """
+
+    height: int = 0
+    width: int = 0
+    channels: int = 0
+    dtype: str = ""
+    palette: bool = False
+    values: list[int] = field(default_factory=list)
+    counts: list[int] = field(default_factory=list)
+    colours: list[list[int]] = field(default_factory=list)
+    equal_channels: bool = False  # a grayscale mask saved with identical colour channels
+    error: str | None = None
+
+
+def summarize_mask(path: Path) -> MaskSummary:
+    """Reads one mask and summarises it (never raises for a bad file: the error is recorded)."""
+    try:
+        mask = read_mask(path)
+        palette = is_palette_png(path)
+    except (DataError, OSError) as error:
+        return MaskSummary(error=str(error))
+    summary = MaskSummary(mask.shape[0], mask.shape[1], 1 if mask.ndim == 2 else mask.shape[2], str(mask.dtype))
+    summary.palette = palette
+    if mask.ndim == 2:
+        if mask.dtype.kind not in "ui":  # float masks: unique values, reported as not classes
+            values, counts = np.unique(mask, return_counts=True)
+            summary.values, summary.counts = values[:MAX_COLOURS].tolist(), counts[:MAX_COLOURS].tolist()
+            return summary
+        counts = np.bincount(mask.ravel().astype(np.int64, copy=False))
+        values = np.flatnonzero(counts)
+        summary.values, summary.counts = values.tolist(), counts[values].tolist()
+    else:
+        pixels = mask.reshape(-1, mask.shape[2])
+        if pixels.shape[1] >= 3:  # OpenCV's BGR(A) -> RGB(A), the order people name colours in
+            pixels = pixels[:, [2, 1, 0, *range(3, pixels.shape[1])]]
+        colours, counts = np.unique(pixels, axis=0, return_counts=True)
+        top = np.argsort(counts)[::-1][:MAX_COLOURS]
+        summary.colours = colours[top].tolist()
+        summary.counts = counts[top].tolist()
+        summary.equal_channels = bool((pixels[:, :3] == pixels[:, :1]).all())
+    return summary
+
+
+def _cache_file(root: Path) -> Path:
+    key = hashlib.sha1(str(root.resolve()).encode()).hexdigest()[:16]
+    return cache_dir() / "masks" / f"{root.name}-{key}.json"
+
+
+def _load_cache(path: Path) -> dict:
+    try:
+        cached = json.loads(path.read_text())
+        return cached["files"] if cached.get("version") == CACHE_VERSION else {}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}  # no cache yet, or an unreadable one: recompute
+
+
+def _workers() -> int:
+    try:
+        return min(len(os.sched_getaffinity(0)), 8)
+    except AttributeError:
+        return min(os.cpu_count() or 1, 8)
+
+
+def summarize_masks(root: Path, paths: Sequence[Path]) -> list[MaskSummary]:
+    """Summaries of ``paths`` (mask files under ``root``), read once and cached per data root.
+
+    Pass every mask of the root in one call: entries of files not passed are dropped from the cache.
+
+    OpenCV decodes with the GIL released, so a thread pool reads several masks at once; only the
+    summaries stay in memory, never the masks.
+    """
+    cache_path = _cache_file(root)
+    cached = _load_cache(cache_path)
+    keys, todo = [], []
+    for path in paths:
+        stat = path.stat()
+        key = f"{path.relative_to(root).as_posix()}|{stat.st_size}|{stat.st_mtime_ns}"
+        keys.append(key)
+        if key not in cached:
+            todo.append((key, path))
+    if todo or len(cached) != len(keys):
+        with ThreadPoolExecutor(_workers()) as pool:
+            for (key, _), summary in zip(todo, pool.map(summarize_mask, [p for _, p in todo]), strict=True):
+                cached[key] = asdict(summary)
+        cached = {key: cached[key] for key in keys}  # drop entries of changed or removed files
+        try:
+            write_json_atomic(cache_path, {"version": CACHE_VERSION, "root": str(root.resolve()), "files": cached})
+        except OSError as error:  # a read-only home: work on, uncached
+            warnings.warn(f"could not write the mask cache {cache_path}: {error}", stacklevel=2)
+    return [MaskSummary(**cached[key]) for key in keys]

@@ -1,0 +1,37 @@
+"""Experiment presets run as the README says: `-m experiment=compare_losses` is one job per loss."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from tests.conftest import CHEAP
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_compare_losses_runs_one_job_per_loss(tiny_root: Path, tmp_path: Path):
+    sweep = tmp_path / "sweep"
+    overrides = [*CHEAP, "trainer.limit_train_batches=1", f"data.root={tiny_root}", "data.synthetic=null"]
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "train.py"), "-m", "experiment=compare_losses",
+         f"hydra.sweep.dir={sweep}", *overrides],
+        capture_output=True, text=True, timeout=600, env=os.environ | {"HYDRA_FULL_ERROR": "1"},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    jobs = sorted(p for p in sweep.iterdir() if p.is_dir())
+    losses = []
+    for job in jobs:
+        overrides = yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text())
+        losses += [o.split("=", 1)[1] for o in overrides if o.startswith("loss=")]
+        metrics = json.loads((job / "metrics.json").read_text())
+        assert 0.0 <= metrics["val/miou"] <= 1.0 and "test/pixel_acc" in metrics
+    assert losses == ["ce", "wce", "dice", "ce_dice"]
+    wce = json.loads((jobs[1] / "data_report.json").read_text())
+    saved = yaml.safe_load((jobs[1] / "csv" / "hparams.yaml").read_text())
+    assert saved["class_weights"] == wce["suggested_class_weights"]["median_frequency"]
