@@ -11,19 +11,32 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from semseg.cli import exit_on_user_error
-from semseg.data.doctor import inspect_data_config
+from semseg.data.doctor import describe_values, inspect_data_config, stored_mask_values
 from semseg.files import write_json_atomic
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="inspect_data")
 @exit_on_user_error
 def main(cfg: DictConfig) -> None:
+    if OmegaConf.is_missing(cfg.data, "num_classes"):
+        sys.exit(_describe_without_classes(cfg.data.root))
     report = inspect_data_config(OmegaConf.to_container(cfg.data, resolve=True), full=cfg.full)
     print(report.summary())
     write_json_atomic(Path(cfg.report), report.to_json())
     print(f"report: {cfg.report}")
     if not report.ok:
         sys.exit(1)
+
+
+def _describe_without_classes(root: str) -> str:
+    values = stored_mask_values(root)
+    if not values:
+        return f"error: no single-channel masks found under {root}/masks/{{train,val,test}}."
+    print(f"the masks of {root} store the values {describe_values(values)}.")
+    return (
+        "error: data.num_classes is not set. Set it to the number of classes, and map stored values that are "
+        "not 0..num_classes-1 with data.label_map (e.g. data.label_map={0:0,255:1} for 0/255 masks)."
+    )
 
 
 if __name__ == "__main__":

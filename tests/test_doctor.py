@@ -197,3 +197,11 @@ def test_the_script_prints_the_report_writes_json_and_exits_non_zero_on_problems
     assert good.returncode == 0, good.stdout + good.stderr
     assert "no problems found" in good.stdout and "suggested loss.class_weights (median_frequency)" in good.stdout
     assert "square" in good.stdout and "16.41%" in good.stdout  # 168 of 1024 pixels
+
+
+def test_the_script_lists_the_stored_values_when_num_classes_is_not_set(tmp_path: Path):
+    root = good_folder(tmp_path / "data", value=255)
+    result = run_doctor(tmp_path, "data=folder", f"data.root={root}")
+    assert result.returncode == 1
+    assert "store the values 0 (83.6%), 255 (16.4%)" in result.stdout  # 168 of 1024 pixels are 255
+    assert "error: data.num_classes is not set" in result.stderr and "data.label_map" in result.stderr

@@ -10,7 +10,7 @@ it and writes it as JSON.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -55,6 +55,7 @@ class DataReport:
     problems: list[Problem]
     warnings: list[str]
     notes: list[str]
+    stored_values: dict[int, int] = field(default_factory=dict)  # stored mask value -> pixels, all splits
 
     @property
     def ok(self) -> bool:
@@ -103,6 +104,7 @@ class DataReport:
             "warnings": self.warnings,
             "notes": self.notes,
             "suggested_class_weights": self.suggested_weights(),
+            "stored_mask_values": {str(value): pixels for value, pixels in self.stored_values.items()},
         }
 
     def summary(self, max_problems: int = 50) -> str:
@@ -113,6 +115,8 @@ class DataReport:
             + (f", sizes {_top_sizes(s.image_sizes)}" if s.image_sizes else "")
             for name, s in self.splits.items()
         ]
+        if self.stored_values:
+            lines.append(f"  stored mask values (before label_map): {describe_values(self.stored_values)}")
         labelled = {name: s.counts for name, s in self.splits.items() if s.counts is not None and s.counts.num_images}
         if labelled:
             header = f"  {'class':<16}" + "".join(f"{name + ' pixels':>14}{'images':>9}" for name in labelled)
@@ -131,6 +135,14 @@ class DataReport:
         else:
             lines.append("no problems found")
         return "\n".join(lines)
+
+
+def describe_values(stored: Mapping[int, int], limit: int = 20) -> str:
+    """``0 (77.5%), 255 (22.5%)``: the most frequent stored values with their share of the pixels."""
+    total = max(sum(stored.values()), 1)
+    top = sorted(stored.items(), key=lambda item: -item[1])[:limit]
+    more = f" and {len(stored) - limit} more" if len(stored) > limit else ""
+    return ", ".join(f"{value} ({pixels / total:.1%})" for value, pixels in sorted(top)) + more
 
 
 def _top_sizes(sizes: Mapping[str, int], limit: int = 3) -> str:
@@ -249,8 +261,7 @@ def inspect_dataset(
             continue  # the test split is optional
         pairs_by_split[split], found = find_pairs(root, split, require_masks=split != "test")
         problems += found
-    mask_paths = [mask for pairs in pairs_by_split.values() for _, mask in pairs if mask is not None]
-    summaries = dict(zip(mask_paths, summarize_masks(root, mask_paths), strict=True))
+    summaries = _summaries(root, pairs_by_split)
 
     splits, palette_masks = {}, 0
     for split, pairs in pairs_by_split.items():
@@ -285,7 +296,29 @@ def inspect_dataset(
         )
     warnings = [f"{len(files)} {kind}, e.g. {files[0]}" for kind, files in grouped_warnings.items()]
     warnings += _class_warnings(splits, names)
-    return DataReport(root, names, splits, problems, warnings, notes)
+    return DataReport(root, names, splits, problems, warnings, notes, _stored_values(summaries.values()))
+
+
+def _summaries(root: Path, pairs_by_split: Mapping[str, list]) -> dict[Path, MaskSummary]:
+    mask_paths = [mask for pairs in pairs_by_split.values() for _, mask in pairs if mask is not None]
+    return dict(zip(mask_paths, summarize_masks(root, mask_paths), strict=True))
+
+
+def _stored_values(summaries: Iterable[MaskSummary]) -> dict[int, int]:
+    stored: dict[int, int] = {}
+    for mask in summaries:
+        if mask.channels == 1:
+            for value, pixels in zip(mask.values, mask.counts, strict=True):
+                stored[value] = stored.get(value, 0) + pixels
+    return dict(sorted(stored.items()))
+
+
+def stored_mask_values(root: str | Path) -> dict[int, int]:
+    """Stored value -> pixels over every single-channel mask of every split: what to map, when
+    ``data.num_classes`` and ``data.label_map`` are still to be chosen."""
+    root = Path(root)
+    pairs = {split: find_pairs(root, split, require_masks=False)[0] for split in SPLITS}
+    return _stored_values(_summaries(root, pairs).values())
 
 
 def _note_image_mode(path: Path, mode: str, in_channels: int, warnings: dict, problems: list[Problem]) -> None:
