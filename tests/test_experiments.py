@@ -10,6 +10,7 @@ from pathlib import Path
 
 import yaml
 
+from semseg.report import find_runs, leaderboard
 from tests.conftest import CHEAP
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,3 +36,6 @@ def test_compare_losses_runs_one_job_per_loss(tiny_root: Path, tmp_path: Path):
     wce = json.loads((jobs[1] / "data_report.json").read_text())
     saved = yaml.safe_load((jobs[1] / "csv" / "hparams.yaml").read_text())
     assert saved["class_weights"] == wce["suggested_class_weights"]["median_frequency"]
+
+    rows = leaderboard(find_runs(sweep))
+    assert sorted(row.name for row in rows) == sorted(f"loss={loss}" for loss in losses)

@@ -14,9 +14,11 @@ CONFIGS = sorted(path.stem for path in (CONF_DIR / "loss").glob("*.yaml"))
 
 @pytest.mark.parametrize("terms", [*({name: 1.0} for name in TERMS), {"ce": 1.0, "dice": 0.5}])
 @pytest.mark.parametrize(("num_classes", "ignore_index"), [(2, 255), (5, 255), (5, 0)])
-def test_ignored_pixels_change_neither_loss_nor_gradient(terms, num_classes, ignore_index):
+@pytest.mark.parametrize("weighted", [False, True], ids=["unweighted", "class_weights"])
+def test_ignored_pixels_change_neither_loss_nor_gradient(terms, num_classes, ignore_index, weighted):
     torch.manual_seed(0)
-    loss = build_loss({"terms": terms}, num_classes, ignore_index)
+    class_weights = torch.linspace(0.5, 3.0, num_classes).tolist() if weighted else None
+    loss = build_loss({"terms": terms}, num_classes, ignore_index, class_weights)
     target = torch.randint(0, num_classes, (2, 8, 8))
     target[:, :3] = ignore_index
     logits = torch.randn(2, num_classes, 8, 8, requires_grad=True)

@@ -1,0 +1,130 @@
+"""Leaderboards of finished runs: every ``metrics.json`` under a folder, grouped across seeds.
+
+A run is a folder with ``metrics.json`` and Hydra's ``.hydra/`` (its overrides and config group
+choices). Runs whose overrides differ only in ``seed`` form one leaderboard row with the mean and
+standard deviation of each metric. Reads files only: works offline on finished runs.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from semseg.errors import DataError
+
+HEADLINE = ("val/miou", "val/dice", "val/pixel_acc", "val/boundary_iou", "test/miou", "test/dice", "test/pixel_acc")
+
+
+@dataclass
+class Run:
+    """One finished run: where it is, what it was (config choices and overrides), what it scored."""
+
+    folder: Path
+    overrides: list[str]
+    choices: dict[str, str]
+    seed: int | None
+    metrics: dict[str, float | None]
+
+    def name(self, common: set[str]) -> str:
+        """The overrides that set this run apart from the ``common`` ones, without the seed (``loss=wce``)."""
+        kept = [o for o in self.overrides if o not in common and not o.lstrip("+").startswith(("seed=", "hydra."))]
+        return " ".join(kept) or "defaults"
+
+
+@dataclass
+class Row:
+    """Runs that differ only in their seed: one line of the leaderboard."""
+
+    name: str
+    runs: list[Run] = field(default_factory=list)
+
+    def values(self, key: str) -> list[float]:
+        found = (run.metrics.get(key) for run in self.runs)
+        return [v for v in found if v is not None and not math.isnan(v)]
+
+    def mean_std(self, key: str) -> tuple[float | None, float | None]:
+        values = self.values(key)
+        if not values:
+            return None, None
+        return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None
+
+
+def _read_yaml(path: Path) -> object:
+    return yaml.safe_load(path.read_text()) if path.is_file() else None
+
+
+def find_runs(folder: str | Path) -> list[Run]:
+    """Every run under ``folder`` (itself included), in folder order."""
+    folder = Path(folder)
+    runs = []
+    for metrics_path in sorted(folder.rglob("metrics.json")):
+        run_dir = metrics_path.parent
+        hydra = _read_yaml(run_dir / ".hydra" / "hydra.yaml") or {}
+        config = _read_yaml(run_dir / ".hydra" / "config.yaml") or {}
+        choices = hydra.get("hydra", {}).get("runtime", {}).get("choices", {})
+        runs.append(
+            Run(
+                folder=run_dir,
+                overrides=_read_yaml(run_dir / ".hydra" / "overrides.yaml") or [],
+                choices={k: str(v) for k, v in choices.items() if not k.startswith("hydra/")},
+                seed=config.get("seed"),
+                metrics=json.loads(metrics_path.read_text()),
+            )
+        )
+    if not runs:
+        raise DataError(f"no metrics.json under {folder}: point report.py at a run or multirun folder.")
+    return runs
+
+
+def leaderboard(runs: Sequence[Run], sort_by: str = "val/miou") -> list[Row]:
+    """Rows of runs grouped by the overrides that differ between runs (the seed aside), best
+    ``sort_by`` mean first."""
+    common = set.intersection(*(set(run.overrides) for run in runs)) if len(runs) > 1 else set()
+    rows: dict[str, Row] = {}
+    for run in runs:
+        name = run.name(common)
+        rows.setdefault(name, Row(name)).runs.append(run)
+    return sorted(rows.values(), key=lambda row: -(row.mean_std(sort_by)[0] or -math.inf))
+
+
+def metric_columns(runs: Sequence[Run]) -> list[str]:
+    """The headline metrics, then per-class IoU of every split, where some run has a value."""
+    present = {key for run in runs for key, value in run.metrics.items() if value is not None}
+    per_class = sorted(k for k in present if "/iou/" in k)
+    return [k for k in HEADLINE if k in present] + per_class
+
+
+def _cell(row: Row, key: str) -> str:
+    mean, std = row.mean_std(key)
+    if mean is None:
+        return "-"
+    return f"{mean:.3f}" if std is None else f"{mean:.3f} ± {std:.3f}"
+
+
+def to_markdown(rows: Sequence[Row], columns: Sequence[str]) -> str:
+    header = ["run", "model", "loss", "seeds", *columns]
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    for row in rows:
+        first = row.runs[0].choices
+        seeds = ",".join(str(run.seed) for run in row.runs)
+        cells = [row.name, first.get("model", "-"), first.get("loss", "-"), seeds, *(_cell(row, c) for c in columns)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_csv(path: Path, rows: Sequence[Row], columns: Sequence[str]) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["run", "model", "loss", "seeds", *(f"{c} {s}" for c in columns for s in ("mean", "std"))])
+        for row in rows:
+            first = row.runs[0].choices
+            stats = [v for c in columns for v in row.mean_std(c)]
+            seeds = " ".join(str(run.seed) for run in row.runs)
+            writer.writerow([row.name, first.get("model", ""), first.get("loss", ""), seeds, *stats])

@@ -1,0 +1,63 @@
+"""report.py: runs found from their files, grouped across seeds, mean ± std, Markdown and CSV."""
+
+from __future__ import annotations
+
+import csv
+import json
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from semseg.errors import DataError
+from semseg.report import find_runs, leaderboard, metric_columns, to_markdown
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def fake_run(folder: Path, loss: str, seed: int, miou: float) -> None:
+    (folder / ".hydra").mkdir(parents=True)
+    (folder / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump([f"loss={loss}", f"seed={seed}", "logger=csv"]))
+    (folder / ".hydra" / "config.yaml").write_text(yaml.safe_dump({"seed": seed}))
+    choices = {"model": "unet", "loss": loss, "hydra/launcher": "basic"}
+    (folder / ".hydra" / "hydra.yaml").write_text(yaml.safe_dump({"hydra": {"runtime": {"choices": choices}}}))
+    metrics = {"val/miou": miou, "val/dice": miou + 0.1, "val/iou/speck": miou / 2, "test/miou": None}
+    (folder / "metrics.json").write_text(json.dumps(metrics))
+
+
+def test_runs_that_differ_in_seed_only_are_one_row_with_mean_and_std(tmp_path: Path):
+    fake_run(tmp_path / "0", "ce", 0, 0.50)
+    fake_run(tmp_path / "1", "ce", 1, 0.60)
+    fake_run(tmp_path / "2", "wce", 0, 0.70)
+    runs = find_runs(tmp_path)
+    rows = leaderboard(runs)
+    assert [row.name for row in rows] == ["loss=wce", "loss=ce"]  # best val/miou first
+    mean, std = rows[1].mean_std("val/miou")
+    assert mean == pytest.approx(0.55) and std == pytest.approx(statistics.stdev([0.5, 0.6]))
+    assert rows[0].mean_std("val/miou") == (0.7, None)
+    assert rows[0].mean_std("test/miou") == (None, None)  # null in metrics.json: no test split
+    columns = metric_columns(runs)
+    assert columns == ["val/miou", "val/dice", "val/iou/speck"]
+    markdown = to_markdown(rows, columns)
+    assert "| loss=ce | unet | ce | 0,1 | 0.550 ± 0.071 | 0.650 ± 0.071 | 0.275 ± 0.035 |" in markdown
+
+
+def test_the_script_writes_markdown_and_csv(tmp_path: Path):
+    fake_run(tmp_path / "runs" / "0", "ce", 0, 0.5)
+    fake_run(tmp_path / "runs" / "1", "dice", 0, 0.4)
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "report.py"), str(tmp_path / "runs")], capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "runs" / "leaderboard.md").read_text() in result.stdout
+    with open(tmp_path / "runs" / "leaderboard.csv") as f:
+        table = list(csv.DictReader(f))
+    assert [r["run"] for r in table] == ["loss=ce", "loss=dice"] and table[1]["val/miou mean"] == "0.4"
+
+
+def test_a_folder_without_runs_is_a_clear_error(tmp_path: Path):
+    with pytest.raises(DataError, match=r"no metrics\.json under"):
+        find_runs(tmp_path)
