@@ -21,9 +21,8 @@ from pathlib import Path
 
 import torch
 from hydra import compose, initialize_config_dir
-from torch.utils.flop_counter import FlopCounterMode
 
-from semseg.models import build_model
+from semseg.models import build_model, count_gflops, count_parameters
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
@@ -48,18 +47,16 @@ def measure(overrides: list[str], size: int, num_classes: int, repeats: int) -> 
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         model_cfg = compose(config_name="train", overrides=overrides).model
     net = build_model(model_cfg, in_channels=3, num_classes=num_classes).eval()
-    params = sum(p.numel() for p in net.parameters()) / 1e6
+    params = count_parameters(net) / 1e6
+    gflops = count_gflops(net, 3, size, size)  # also the warm-up of the timing below
     image = torch.randn(1, 3, size, size)
     with torch.no_grad():
-        counter = FlopCounterMode(display=False)
-        with counter:
-            net(image)  # also the warm-up of the timing below
         times = []
         for _ in range(repeats):
             start = time.perf_counter()
             net(image)
             times.append(time.perf_counter() - start)
-    return params, counter.get_total_flops() / 1e9, statistics.median(times) * 1e3
+    return params, gflops, statistics.median(times) * 1e3
 
 
 def main() -> None:

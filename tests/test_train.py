@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+from semseg.models import count_gflops
 from semseg.train import build_module, train
 from tests.conftest import CONF_DIR
 
@@ -31,6 +32,11 @@ def test_fit_validate_test_write_contract_metrics(make_cfg):
     saved = json.loads((out / "metrics.json").read_text())
     assert saved == metrics
     assert (out / "checkpoints" / "best.ckpt").is_file() and (out / "checkpoints" / "last.ckpt").is_file()
+    info = json.loads((out / "run_info.json").read_text())
+    net = build_module(cfg).net
+    assert info["params"] == sum(p.numel() for p in net.parameters())
+    assert info["gflops_input"] == [32, 32] and info["gflops"] == pytest.approx(count_gflops(net, 3, 32, 32))
+    assert info["epochs"] == 1 and info["train_time_s"] > 0
     with open(out / "csv" / "metrics.csv") as f:
         columns = next(csv.reader(f))
     assert {"train/loss", "train/loss_ce", "train/loss_dice", "train/lr", "val/miou"} <= set(columns)

@@ -19,6 +19,8 @@ import yaml
 
 from semseg.errors import DataError
 
+# run_info.json keys shown after the seeds, with their column titles and scales.
+COSTS = {"params": ("params (M)", 1e-6), "gflops": ("GFLOPs", 1.0), "train_time_s": ("train (min)", 1 / 60)}
 HEADLINE = ("val/miou", "val/dice", "val/pixel_acc", "val/boundary_iou", "test/miou", "test/dice", "test/pixel_acc")
 
 
@@ -31,6 +33,7 @@ class Run:
     choices: dict[str, str]
     seed: int | None
     metrics: dict[str, float | None]
+    info: dict = field(default_factory=dict)  # run_info.json: params, gflops, train_time_s, epochs
 
     def name(self, common: set[str]) -> str:
         """The overrides that set this run apart from the ``common`` ones, without the seed (``loss=wce``)."""
@@ -46,7 +49,7 @@ class Row:
     runs: list[Run] = field(default_factory=list)
 
     def values(self, key: str) -> list[float]:
-        found = (run.metrics.get(key) for run in self.runs)
+        found = (run.metrics.get(key, run.info.get(key)) for run in self.runs)
         return [v for v in found if v is not None and not math.isnan(v)]
 
     def mean_std(self, key: str) -> tuple[float | None, float | None]:
@@ -76,6 +79,7 @@ def find_runs(folder: str | Path) -> list[Run]:
                 choices={k: str(v) for k, v in choices.items() if not k.startswith("hydra/")},
                 seed=config.get("seed"),
                 metrics=json.loads(metrics_path.read_text()),
+                info=json.loads(info.read_text()) if (info := run_dir / "run_info.json").is_file() else {},
             )
         )
     if not runs:
@@ -101,20 +105,28 @@ def metric_columns(runs: Sequence[Run]) -> list[str]:
     return [k for k in HEADLINE if k in present] + per_class
 
 
-def _cell(row: Row, key: str) -> str:
+def _cell(row: Row, key: str, scale: float = 1.0, digits: int = 3) -> str:
     mean, std = row.mean_std(key)
     if mean is None:
         return "-"
-    return f"{mean:.3f}" if std is None else f"{mean:.3f} ± {std:.3f}"
+    return f"{mean * scale:.{digits}f}" + ("" if std is None else f" ± {std * scale:.{digits}f}")
 
 
 def to_markdown(rows: Sequence[Row], columns: Sequence[str]) -> str:
-    header = ["run", "model", "loss", "seeds", *columns]
+    header = ["run", "model", "loss", "seeds", *(title for title, _ in COSTS.values()), *columns]
     lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
     for row in rows:
         first = row.runs[0].choices
         seeds = ",".join(str(run.seed) for run in row.runs)
-        cells = [row.name, first.get("model", "-"), first.get("loss", "-"), seeds, *(_cell(row, c) for c in columns)]
+        costs = [_cell(row, key, scale, digits=1) for key, (_, scale) in COSTS.items()]
+        cells = [
+            row.name,
+            first.get("model", "-"),
+            first.get("loss", "-"),
+            seeds,
+            *costs,
+            *(_cell(row, c) for c in columns),
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -122,9 +134,10 @@ def to_markdown(rows: Sequence[Row], columns: Sequence[str]) -> str:
 def write_csv(path: Path, rows: Sequence[Row], columns: Sequence[str]) -> None:
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["run", "model", "loss", "seeds", *(f"{c} {s}" for c in columns for s in ("mean", "std"))])
+        keys = [*COSTS, *columns]
+        writer.writerow(["run", "model", "loss", "seeds", *(f"{c} {s}" for c in keys for s in ("mean", "std"))])
         for row in rows:
             first = row.runs[0].choices
-            stats = [v for c in columns for v in row.mean_std(c)]
+            stats = [v for c in keys for v in row.mean_std(c)]
             seeds = " ".join(str(run.seed) for run in row.runs)
             writer.writerow([row.name, first.get("model", ""), first.get("loss", ""), seeds, *stats])

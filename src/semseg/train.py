@@ -1,9 +1,11 @@
-"""train(cfg): fit, pick the best checkpoint, evaluate it, write metrics.json; returns the metrics."""
+"""train(cfg): check the data, fit, pick the best checkpoint, evaluate it, write metrics.json
+(and data_report.json, run_info.json); returns the metrics."""
 
 from __future__ import annotations
 
 import logging
 import math
+import time
 from pathlib import Path
 
 import lightning as L
@@ -15,9 +17,10 @@ from omegaconf import DictConfig, OmegaConf
 from semseg.class_weights import resolve_class_weights
 from semseg.data import SegmentationDataModule
 from semseg.data.dataset import resolve_class_names
-from semseg.data.doctor import check_data
+from semseg.data.doctor import DataReport, check_data
 from semseg.files import write_json_atomic
 from semseg.loggers import build_logger, finish_logger
+from semseg.models import count_gflops, count_parameters
 from semseg.module import SegmentationModule
 
 log = logging.getLogger(__name__)
@@ -70,6 +73,24 @@ def _log_class_weights(spec: object, class_names: list[str], weights: list[float
         log.info(f"loss.class_weights{source}: {named}")
 
 
+# GFLOPs are counted at the training input size, capped at this side so that huge images stay cheap.
+_MAX_FLOPS_SIDE = 1024
+
+
+def _model_cost(module: SegmentationModule, data: DictConfig, report: DataReport) -> dict:
+    """Parameters and GFLOPs of the network at the training input size (crop, resize, or the most
+    common training image size), for run_info.json and the leaderboard."""
+    size = data.get("crop_size") or data.get("image_size")
+    if size is None:
+        sizes = report.splits["train"].image_sizes
+        width, height = (int(v) for v in max(sizes, key=sizes.get).split("x"))
+    else:
+        height, width = size
+    height, width = min(height, _MAX_FLOPS_SIDE), min(width, _MAX_FLOPS_SIDE)
+    gflops = count_gflops(module.net, data.in_channels, height, width)
+    return {"params": count_parameters(module.net), "gflops": gflops, "gflops_input": [height, width]}
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     """Trains, validates and tests the configured model.
 
@@ -96,7 +117,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
     trainer = L.Trainer(**cfg.trainer, callbacks=callbacks, logger=logger, default_root_dir=str(output_dir))
 
+    run_info = _model_cost(module, cfg.data, report)
+    started = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    run_info |= {"train_time_s": round(time.perf_counter() - started, 1), "epochs": trainer.current_epoch}
 
     checkpoint = next((c for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint)), None)
     best = checkpoint.best_model_path if checkpoint and checkpoint.best_model_path else None
@@ -108,5 +132,6 @@ def train(cfg: DictConfig) -> dict[str, float]:
     metrics = {k: float(v) for k, v in metrics.items()}
     if trainer.is_global_zero:
         write_json_atomic(output_dir / "metrics.json", _json_safe(metrics))
+        write_json_atomic(output_dir / "run_info.json", run_info)
     finish_logger(logger)
     return metrics

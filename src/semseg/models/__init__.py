@@ -10,6 +10,7 @@ import segmentation_models_pytorch as smp
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 from semseg.errors import ConfigError
 from semseg.models.fcn import FCN, VARIANTS
@@ -127,3 +128,25 @@ def build_model(cfg: Mapping, in_channels: int, num_classes: int) -> Segmentatio
         load_local_encoder(net, local_file, in_channels)
     stride = int(getattr(net.encoder, "output_stride", 32))
     return SegmentationNet(net, stride=stride, channels_last=bool(cfg.get("channels_last", False)))
+
+
+def count_parameters(net: nn.Module) -> int:
+    return sum(p.numel() for p in net.parameters())
+
+
+def count_gflops(net: nn.Module, in_channels: int, height: int, width: int) -> float:
+    """GFLOPs of one forward pass of one ``height`` x ``width`` image, counted by
+    ``torch.utils.flop_counter`` (two FLOPs per multiply-add; papers often count multiply-adds).
+
+    Runs in eval mode without gradients, so BatchNorm statistics stay untouched.
+    """
+    was_training = net.training
+    device = next(net.parameters()).device
+    net.eval()
+    try:
+        counter = FlopCounterMode(display=False)
+        with torch.no_grad(), counter:
+            net(torch.zeros(1, in_channels, height, width, device=device))
+    finally:
+        net.train(was_training)
+    return counter.get_total_flops() / 1e9
