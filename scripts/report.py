@@ -1,7 +1,9 @@
 """Leaderboard of finished runs: `python scripts/report.py <run or multirun folder> [--sort val/miou]`.
 
-Writes leaderboard.md and leaderboard.csv into the folder (or --output) and prints the Markdown.
-Runs that differ only in their seed are one row, with mean ± std.
+Writes into the folder (or --output): leaderboard.md and leaderboard.csv (runs that differ only in
+their seed are one row, with mean ± std), leaderboard.png (a bar chart) and predictions.png (the
+same validation images predicted by every run's best checkpoint, side by side). Offline: it reads
+the run folders only.
 """
 
 import argparse
@@ -9,6 +11,7 @@ from pathlib import Path
 
 from semseg.cli import exit_on_user_error
 from semseg.report import find_runs, leaderboard, metric_columns, to_markdown, write_csv
+from semseg.report_figures import bar_chart, prediction_grid
 
 
 @exit_on_user_error
@@ -17,6 +20,8 @@ def main() -> None:
     parser.add_argument("folder", type=Path, help="a run folder, or a multirun folder of several runs")
     parser.add_argument("--sort", default="val/miou", help="metric to rank by (default val/miou)")
     parser.add_argument("--output", type=Path, default=None, help="where to write (default: the folder)")
+    parser.add_argument("--images", type=int, default=4, help="validation images in predictions.png (default 4)")
+    parser.add_argument("--no-pictures", action="store_true", help="skip predictions.png (loads every checkpoint)")
     args = parser.parse_args()
     runs = find_runs(args.folder)
     rows = leaderboard(runs, args.sort)
@@ -26,8 +31,11 @@ def main() -> None:
     markdown = to_markdown(rows, columns)
     (output / "leaderboard.md").write_text(markdown)
     write_csv(output / "leaderboard.csv", rows, columns)
+    bar_chart(rows, output / "leaderboard.png")
+    notes = [] if args.no_pictures else prediction_grid(runs, output / "predictions.png", args.images)
     print(markdown)
-    print(f"{len(runs)} runs in {len(rows)} rows: {output / 'leaderboard.md'}, {output / 'leaderboard.csv'}")
+    print("\n".join(notes))
+    print(f"{len(runs)} runs in {len(rows)} rows; wrote leaderboard.md, .csv, .png and predictions.png to {output}")
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import cv2
 import yaml
 
 from semseg.report import find_runs, leaderboard
@@ -39,3 +40,15 @@ def test_compare_losses_runs_one_job_per_loss(tiny_root: Path, tmp_path: Path):
 
     rows = leaderboard(find_runs(sweep))
     assert sorted(row.name for row in rows) == sorted(f"loss={loss}" for loss in losses)
+
+    # The leaderboard with its pictures, from the finished runs alone.
+    report = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "report.py"), str(sweep), "--images", "3"],
+        capture_output=True,
+        text=True,
+    )
+    assert report.returncode == 0, report.stderr[-3000:]
+    assert "4 runs in 4 rows" in report.stdout and "left out" not in report.stdout
+    grid = cv2.imread(str(sweep / "predictions.png"))
+    assert grid.shape[1] == round(2.2 * (2 + 4) * 100)  # image, ground truth and 4 runs side by side
+    assert cv2.imread(str(sweep / "leaderboard.png")) is not None
