@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
 
+from semseg.loggers import run_identity
 from tests.conftest import CONF_DIR, compose_cfg
 
 
@@ -52,3 +55,19 @@ def test_isbi_preset_maps_membrane_to_the_positive_class():
 def test_label_map_override_from_the_command_line():
     cfg = compose_cfg(["data.label_map={0:0,255:1}"])
     assert dict(cfg.data.label_map) == {0: 0, 255: 1}
+
+
+def test_wandb_run_identity_comes_from_the_hydra_choices():
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        overrides = ["model=fcn", "loss=wce", "seed=3", "experiment=compare_losses"]
+        cfg = compose(config_name="train", overrides=overrides, return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    try:
+        identity = run_identity(cfg)
+    finally:
+        HydraConfig.instance().cfg = None
+    assert identity == {
+        "name": "fcn8s-wce-s3",
+        "group": "compare_losses",
+        "tags": ["model:fcn8s", "loss:wce", "data:synthetic"],
+    }

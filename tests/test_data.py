@@ -228,3 +228,21 @@ def test_isbi_config_reads_membranes_as_the_minority_class():
     assert sample["mask"].unique().tolist() == [0, 1]
     assert 0.1 < membrane < 0.35  # README: about 20% membrane in the validation slices
     assert not dm.has_test_split  # its test images have no masks
+
+
+def test_augmentations_are_seeded_and_differ_between_loader_workers(tmp_path: Path):
+    root = binary_folder(tmp_path, stored_values=(0, 1))
+    augment = [{"_target_": "albumentations.RandomRotate90", "p": 1.0}]
+
+    def rotations(seed: int) -> list[list[str]]:
+        dm = datamodule(root, seed=seed, augment=augment, num_workers=2, batch_size=1)
+        return [[batch["mask"].numpy().tobytes().hex() for batch in dm.train_dataloader()] for _ in range(2)]
+
+    torch.manual_seed(0)
+    first = rotations(seed=3)
+    torch.manual_seed(0)
+    assert rotations(seed=3) == first  # the same seeds: the same augmentations, epoch after epoch
+    # With batch 1, batches alternate between the two workers; the 4 train masks are the same, so
+    # workers sharing one random state would rotate each pair of batches alike.
+    pairs = [(epoch[i], epoch[i + 1]) for epoch in first for i in (0, 2)]
+    assert any(a != b for a, b in pairs)

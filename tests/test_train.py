@@ -13,9 +13,11 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from omegaconf import open_dict
 
 from semseg.models import count_gflops
 from semseg.train import build_module, train
+from tests import wandb_records
 from tests.conftest import CONF_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -113,16 +115,66 @@ def test_no_logger_still_writes_metrics(make_cfg):
     assert json.loads((Path(cfg.output_dir) / "metrics.json").read_text()) == metrics
 
 
-def test_wandb_logs_offline_without_credentials(make_cfg, monkeypatch, tmp_path: Path, capsys):
+def test_wandb_logs_offline_without_credentials(make_cfg, monkeypatch, tmp_path: Path, capsys, tiny_root: Path):
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.delenv("WANDB_MODE", raising=False)
     monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc: no credentials
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
-    cfg = make_cfg("logger=wandb", "run_test=false")
-    train(cfg)
+    cfg = make_cfg("logger=wandb", "run_test=false", "trainer.max_epochs=2")
+    metrics = train(cfg)
     runs = list((Path(cfg.output_dir) / "wandb").glob("offline-run-*"))
     assert len(runs) == 1 and list(runs[0].glob("*.wandb"))
     assert f"wandb sync {runs[0]}" in capsys.readouterr().out
+
+    # Read the run back from wandb's own files: the .wandb record log and the media folder.
+    log = next(runs[0].glob("*.wandb"))
+    run = next(r.run for r in wandb_records.records(log) if r.WhichOneof("record_type") == "run")
+    # Composed without a Hydra run, the loss is named by its terms (the CLI names it by its config).
+    assert run.display_name == "unet-ce+dice-s0" and set(run.tags) == {"model:unet", "loss:ce+dice", "data:tiny"}
+    rows = wandb_records.history(log)
+    assert {"val/miou", "val/iou/speck", "val/dice/disk", "train/loss_ce"} <= {k for row in rows for k in row}
+    pictures = [row for row in rows if "val/examples/all_masks" in row]
+    assert len(pictures) == 3  # two epochs and the re-validation of the best checkpoint
+    assert all("val/worst/all_masks" in row and "val/confusion_matrix/path" in row for row in pictures)
+    example = pictures[-1]
+    first = example["val/examples/captions"][0].split()[0]  # the examples come sorted by name
+    stored = cv2.imread(str(tiny_root / "masks" / "val" / f"{first}.png"), cv2.IMREAD_UNCHANGED)
+    masks = example["val/examples/all_masks"][0]
+    assert set(masks) == {"ground_truth", "prediction"}
+    logged = cv2.imread(str(runs[0] / "files" / masks["ground_truth"]["path"]), cv2.IMREAD_UNCHANGED)
+    assert np.array_equal(logged, stored)
+    summary = {}
+    for record in wandb_records.records(log):
+        if record.WhichOneof("record_type") == "summary":
+            summary |= {item.key: json.loads(item.value_json) for item in record.summary.update}
+    assert summary["val/miou_best"] == pytest.approx(metrics["val/miou"])
+    assert summary["params"] == json.loads((Path(cfg.output_dir) / "run_info.json").read_text())["params"]
+
+
+def test_resuming_a_checkpoint_continues_its_wandb_run(make_cfg, monkeypatch, tmp_path: Path):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    first = make_cfg("logger=wandb", "run_test=false")
+    train(first)
+    last = Path(first.output_dir) / "checkpoints" / "last.ckpt"
+    run_id = torch.load(last, map_location="cpu", weights_only=True)["wandb_run_id"]
+    assert next((Path(first.output_dir) / "wandb").glob("offline-run-*")).name.endswith(run_id)
+    resumed = make_cfg("logger=wandb", "run_test=false", "trainer.max_epochs=2", f"ckpt_path={last}")
+    with open_dict(resumed):
+        resumed.output_dir = str(tmp_path / "resumed")
+    train(resumed)
+    assert next((tmp_path / "resumed" / "wandb").glob("offline-run-*")).name.endswith(run_id)
+
+
+def test_run_folder_pictures_without_wandb(make_cfg):
+    cfg = make_cfg("run_test=false")
+    train(cfg)
+    pictures = Path(cfg.output_dir) / "pictures"
+    names = {"val_examples", "val_worst", "confusion_matrix", "per_class_iou", "training_curves"}
+    assert {p.stem for p in pictures.glob("*.png")} == names
+    assert all(cv2.imread(str(pictures / f"{name}.png")) is not None for name in names)
+    examples = cv2.imread(str(pictures / "val_examples.png"))
+    assert examples.shape[0] == round(2.2 * 4 * 100)  # 4 rows: all 4 validation images (8 asked)
 
 
 def run_train_cli(tmp_path: Path, *overrides: str) -> subprocess.CompletedProcess:
@@ -160,3 +212,11 @@ def test_cli_stops_a_0_255_mask_at_start_up_with_the_file_and_the_fix(tmp_path: 
     assert "Fix: 0/255 masks: set data.label_map={0: 0, 255: 1}" in result.stderr
     assert "Traceback" not in result.stderr
     assert not list(tmp_path.rglob("*.ckpt"))
+
+
+def test_the_same_seed_gives_the_same_run_with_loader_workers(make_cfg):
+    # albumentations keeps its own random state: seeded from `seed` and reseeded in each worker.
+    overrides = ("data.num_workers=2", "run_test=false", "trainer.max_epochs=2")
+    first = train(make_cfg(*overrides))
+    assert train(make_cfg(*overrides)) == first
+    assert train(make_cfg(*overrides, "seed=1"))["val/loss"] != first["val/loss"]

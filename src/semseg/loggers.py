@@ -6,14 +6,20 @@ import netrc
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.pytorch.loggers import Logger, WandbLogger
+from omegaconf import DictConfig
 
 from semseg.network import can_reach
 
 WANDB_DEFAULT_URL = "https://api.wandb.ai"
+WANDB_RUN_ID_KEY = "wandb_run_id"  # where a checkpoint keeps its W&B run, for resuming it
 
 
 def _wandb_host() -> str:
@@ -41,8 +47,37 @@ def wandb_should_be_offline(setting: bool | str | None) -> bool:
     return not (_has_wandb_credentials(host) and can_reach(host))
 
 
-def build_logger(cfg: Mapping | None) -> Logger | bool:
-    """Instantiates the ``logger`` config group; an empty group (``logger=none``) logs nothing."""
+def run_identity(cfg: DictConfig) -> dict[str, Any]:
+    """W&B ``name``, ``group`` and ``tags`` of a run, from its config choices.
+
+    name: ``<model>-<loss>-s<seed>`` (``unet-ce_dice-s0``); group: the experiment preset, else the
+    sweep folder of a multirun (so a sweep's runs sit together, each its own run), else none;
+    tags: ``model:<m>``, ``loss:<l>``, ``data:<d>``.
+    """
+    choices = HydraConfig.get().runtime.choices if HydraConfig.initialized() else {}
+    model = choices.get("model") or cfg.model.get("arch", "model")
+    if model == "fcn" or cfg.model.get("arch") == "fcn":
+        model = f"fcn{cfg.model.get('variant', '')}"
+    loss = choices.get("loss") or "+".join(cfg.loss.terms)
+    data = choices.get("data") or Path(str(cfg.data.root)).name
+    group = choices.get("experiment")
+    if group in (None, "null") and HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        group = Path(HydraConfig.get().sweep.dir).name
+    return {
+        "name": f"{model}-{loss}-s{cfg.seed}",
+        "group": None if group in (None, "null") else str(group),
+        "tags": [f"model:{model}", f"loss:{loss}", f"data:{data}"],
+    }
+
+
+def build_logger(
+    cfg: Mapping | None, identity: Mapping[str, Any] | None = None, resume_id: str | None = None
+) -> Logger | bool:
+    """Instantiates the ``logger`` config group; an empty group (``logger=none``) logs nothing.
+
+    For W&B, ``identity`` fills the ``name``/``group``/``tags`` the config leaves null, and
+    ``resume_id`` (the run of the checkpoint being resumed) continues that run.
+    """
     if not cfg:
         return False
     cfg = dict(cfg)
@@ -52,18 +87,35 @@ def build_logger(cfg: Mapping | None) -> Logger | bool:
         if offline:
             print("W&B: no credentials or no network, logging offline (upload later with `wandb sync`).")
         Path(cfg["save_dir"]).mkdir(parents=True, exist_ok=True)
+        for key, value in (identity or {}).items():
+            if cfg.get(key) is None:
+                cfg[key] = value
+        if resume_id:
+            cfg |= {"id": resume_id, "resume": "allow"}
     return instantiate(cfg)
 
 
-def finish_logger(logger: Logger | bool) -> None:
-    """Closes a W&B run and, for an offline one, prints the command that uploads it."""
+def wandb_run_id(checkpoint_path: str | Path | None) -> str | None:
+    """The W&B run id saved in a checkpoint (see ``SegmentationModule.on_save_checkpoint``)."""
+    if not checkpoint_path or not Path(checkpoint_path).is_file():
+        return None
+    checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True, mmap=True)
+    return checkpoint.get(WANDB_RUN_ID_KEY)
+
+
+def finish_logger(logger: Logger | bool, summary: Mapping[str, float] | None = None, exit_code: int = 0) -> None:
+    """Closes a W&B run (with ``summary`` values added) and, for an offline one, prints the
+    command that uploads it. A failed job passes ``exit_code=1``: the next job of a multirun then
+    starts a run of its own instead of logging into this one."""
     if not isinstance(logger, WandbLogger):
         return
     import wandb
 
     run = logger.experiment
+    for key, value in (summary or {}).items():
+        run.summary[key] = value
     run_dir = Path(run.dir).parent  # .../wandb/offline-run-*/files -> the run folder
     offline = run.offline
-    wandb.finish()
+    wandb.finish(exit_code=exit_code)
     if offline:
         print(f"W&B run saved offline. Upload it with: wandb sync {run_dir}")

@@ -9,8 +9,10 @@ from typing import Any
 import lightning as L
 import torch
 from hydra.utils import instantiate
+from lightning.pytorch.loggers import WandbLogger
 from torch import nn
 
+from semseg.loggers import WANDB_RUN_ID_KEY
 from semseg.losses import build_loss
 from semseg.metrics import BoundaryIoU, confusion_matrix_metric, scores_from_confusion
 from semseg.models import build_model, encoder_normalization
@@ -68,6 +70,7 @@ class SegmentationModule(L.LightningModule):
             {stage: BoundaryIoU(num_classes, ignore_index, boundary_width) for stage in EVAL_STAGES}
         )
         self._compiled = False
+        self.last_confusion: dict[str, torch.Tensor] = {}  # of the latest val/test epoch, for pictures
 
     def configure_model(self) -> None:
         """Compiles the network when ``model.compile`` asks (Lightning calls this before each stage).
@@ -89,7 +92,7 @@ class SegmentationModule(L.LightningModule):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.net(images)
 
-    def _shared_step(self, batch: dict[str, Any], stage: str) -> torch.Tensor:
+    def _shared_step(self, batch: dict[str, Any], stage: str) -> tuple[torch.Tensor, torch.Tensor | None]:
         images, masks = batch["image"], batch["mask"]
         logits = self(images)
         total, terms = self.loss(logits, masks)
@@ -105,22 +108,25 @@ class SegmentationModule(L.LightningModule):
             preds = logits.argmax(dim=1)
             self.confusion[stage].update(preds, masks)
             self.boundary[stage].update(preds, masks)
-        return total
+            return total, preds
+        return total, None
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         self.log("train/lr", self.optimizers().param_groups[0]["lr"], on_step=True, batch_size=batch["image"].shape[0])
-        return self._shared_step(batch, "train")
+        return self._shared_step(batch, "train")[0]
 
-    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self._shared_step(batch, "val")
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, torch.Tensor]:
+        _, preds = self._shared_step(batch, "val")
+        return {"preds": preds}  # for callbacks (ValidationPictures)
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self._shared_step(batch, "test")
 
     def _log_scores(self, stage: str) -> None:
         confusion, boundary = self.confusion[stage], self.boundary[stage]
+        self.last_confusion[stage] = confusion.compute().detach().cpu()
         scores = scores_from_confusion(
-            confusion.compute(), self.hparams.class_names, self.hparams.ignore_index, boundary.compute()
+            self.last_confusion[stage], self.hparams.class_names, self.hparams.ignore_index, boundary.compute()
         )
         confusion.reset()
         boundary.reset()
@@ -133,6 +139,12 @@ class SegmentationModule(L.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         self._log_scores("test")
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # The W&B run travels with the checkpoint: resuming from it continues that run.
+        for logger in self.loggers:
+            if isinstance(logger, WandbLogger):
+                checkpoint[WANDB_RUN_ID_KEY] = logger.version
 
     def configure_optimizers(self) -> dict[str, Any]:
         optimizer = instantiate(self.hparams.optimizer, params=self.parameters())

@@ -19,7 +19,7 @@ from semseg.data import SegmentationDataModule
 from semseg.data.dataset import resolve_class_names
 from semseg.data.doctor import DataReport, check_data
 from semseg.files import write_json_atomic
-from semseg.loggers import build_logger, finish_logger
+from semseg.loggers import build_logger, finish_logger, run_identity, wandb_run_id
 from semseg.models import count_gflops, count_parameters
 from semseg.module import SegmentationModule
 
@@ -63,7 +63,7 @@ def build_datamodule(cfg: DictConfig, module: SegmentationModule) -> Segmentatio
     """The data module for ``cfg.data``, normalising inputs as ``module`` expects."""
     kwargs = {k: v for k, v in OmegaConf.to_container(cfg.data, resolve=True).items() if k not in _DATA_KEYS_FOR_MODULE}
     mean, std = module.normalization
-    return SegmentationDataModule(**kwargs, mean=mean, std=std)
+    return SegmentationDataModule(**kwargs, mean=mean, std=std, seed=cfg.get("seed"))
 
 
 def _log_class_weights(spec: object, class_names: list[str], weights: list[float] | None) -> None:
@@ -113,11 +113,29 @@ def train(cfg: DictConfig) -> dict[str, float]:
         write_json_atomic(output_dir / "data_report.json", report.to_json())
     module = build_module(cfg, class_weights)
     datamodule = build_datamodule(cfg, module)
-    logger = build_logger(cfg.get("logger"))
-    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
-    trainer = L.Trainer(**cfg.trainer, callbacks=callbacks, logger=logger, default_root_dir=str(output_dir))
+    logger = build_logger(cfg.get("logger"), run_identity(cfg), wandb_run_id(cfg.get("ckpt_path")))
+    try:
+        metrics, run_info = _fit_and_evaluate(cfg, module, datamodule, logger, report)
+    except BaseException:
+        finish_logger(logger, exit_code=1)
+        raise
+    if rank_zero_only.rank == 0:
+        write_json_atomic(output_dir / "metrics.json", _json_safe(metrics))
+        write_json_atomic(output_dir / "run_info.json", run_info)
+    finish_logger(logger, summary={"val/miou_best": metrics.get("val/miou"), **run_info})
+    return metrics
 
+
+def _fit_and_evaluate(
+    cfg: DictConfig, module: SegmentationModule, datamodule: SegmentationDataModule, logger, report: DataReport
+) -> tuple[dict[str, float], dict]:
+    """Fits, then validates (and tests) the best checkpoint; returns its metrics and the run's costs."""
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
+    trainer = L.Trainer(**cfg.trainer, callbacks=callbacks, logger=logger, default_root_dir=str(cfg.output_dir))
     run_info = _model_cost(module, cfg.data, report)
+    for each in trainer.loggers:
+        each.log_hyperparams({"params": run_info["params"], "gflops": run_info["gflops"]})
+
     started = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     run_info |= {"train_time_s": round(time.perf_counter() - started, 1), "epochs": trainer.current_epoch}
@@ -129,9 +147,4 @@ def train(cfg: DictConfig) -> dict[str, float]:
     metrics = dict(trainer.validate(module, datamodule=datamodule, ckpt_path=best, verbose=False)[0])
     if cfg.get("run_test", True) and datamodule.has_test_split:
         metrics.update(trainer.test(module, datamodule=datamodule, ckpt_path=best)[0])
-    metrics = {k: float(v) for k, v in metrics.items()}
-    if trainer.is_global_zero:
-        write_json_atomic(output_dir / "metrics.json", _json_safe(metrics))
-        write_json_atomic(output_dir / "run_info.json", run_info)
-    finish_logger(logger)
-    return metrics
+    return {k: float(v) for k, v in metrics.items()}, run_info

@@ -18,10 +18,15 @@ from semseg.data.transforms import build_transforms
 from semseg.errors import DataError
 
 
-def _disable_opencv_threads(_worker_id: int) -> None:
+def _init_worker(_worker_id: int) -> None:
     # Each loader worker is already one of several processes; OpenCV's own thread pool inside
     # every worker would oversubscribe the cores.
     cv2.setNumThreads(0)
+    # Every worker starts from a copy of the same albumentations random state; reseeding it with
+    # the worker's torch seed (distinct per worker, derived from the run's seed) keeps the
+    # augmentations both different across workers and reproducible across runs.
+    info = torch.utils.data.get_worker_info()
+    info.dataset.transform.set_random_seed(info.seed % 2**32)
 
 
 def default_num_workers() -> int:
@@ -69,7 +74,7 @@ class SegmentationDataModule(L.LightningDataModule):
     """Batches of ``{"image", "mask", "name"}`` from an image-mask folder.
 
     Args mirror the ``data`` config group (see conf/data/*.yaml); ``mean`` and ``std`` are the
-    encoder's normalisation, resolved by the caller.
+    encoder's normalisation, resolved by the caller; ``seed`` makes the augmentations reproducible.
     """
 
     def __init__(
@@ -88,6 +93,7 @@ class SegmentationDataModule(L.LightningDataModule):
         crop_size: Sequence[int] | None = None,
         augment: Sequence | None = None,
         synthetic: Mapping | None = None,
+        seed: int | None = None,
     ):
         super().__init__()
         self.root = Path(root)
@@ -100,7 +106,7 @@ class SegmentationDataModule(L.LightningDataModule):
         self.num_workers = default_num_workers() if num_workers is None else num_workers
         self.synthetic = SyntheticSpec(**synthetic) if synthetic else None
         common = {"mean": mean, "std": std, "image_size": image_size}
-        self.train_transform = build_transforms(train=True, crop_size=crop_size, augment=augment, **common)
+        self.train_transform = build_transforms(train=True, crop_size=crop_size, augment=augment, seed=seed, **common)
         self.eval_transform = build_transforms(train=False, **common)
         self.datasets: dict[str, SegmentationDataset] = {}
 
@@ -148,7 +154,7 @@ class SegmentationDataModule(L.LightningDataModule):
             pin_memory=torch.cuda.is_available(),
             # Workers that survive the epoch spare re-forking and re-importing every epoch.
             persistent_workers=workers > 0,
-            worker_init_fn=_disable_opencv_threads if workers > 0 else None,
+            worker_init_fn=_init_worker if workers > 0 else None,
         )
 
     def train_dataloader(self) -> DataLoader:

@@ -47,6 +47,7 @@ def build_transforms(
     image_size: Sequence[int] | None = None,
     crop_size: Sequence[int] | None = None,
     augment: Sequence | None = None,
+    seed: int | None = None,
 ) -> A.Compose:
     """The pipeline for one stage.
 
@@ -57,6 +58,8 @@ def build_transforms(
         image_size: ``[H, W]`` every image and mask is resized to; None keeps each own size.
         crop_size: ``[H, W]`` random training crop (images smaller than it are padded); None: none.
         augment: ``data.augment`` entries, applied in training only.
+        seed: seed of the pipeline's own random state (albumentations ignores the global seeds);
+            None draws a fresh one, and the augmentations differ from run to run.
     """
     steps: list[A.BasicTransform] = []
     if image_size is not None:
@@ -71,4 +74,4 @@ def build_transforms(
     if train:
         steps += build_augmentations(augment)
     steps += [A.Normalize(mean=tuple(mean), std=tuple(std), max_pixel_value=255.0), ToTensorV2()]
-    return A.Compose(steps)
+    return A.Compose(steps, seed=seed)

@@ -1,0 +1,144 @@
+"""Pictures of each validation epoch: fixed example images, the worst images, the confusion matrix.
+
+``ValidationPictures`` keeps a fixed, seeded set of validation images and the k images with the
+lowest per-image mIoU, with their predictions. After each validation epoch it logs them to W&B as
+``wandb.Image`` with ``masks={"ground_truth", "prediction"}`` (W&B's interactive mask overlay) and
+writes the same pictures as PNG into ``<run>/pictures/`` (any logger, or none), plus the
+confusion matrix, the per-class IoU and the training curves. Lightning has no callback for
+segmentation pictures, hence this one.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.trainer.states import TrainerFn
+
+from semseg.visualize import class_palette, to_display
+
+EXAMPLES, WORST = "val/examples", "val/worst"
+
+
+@dataclass
+class Shown:
+    """One validation image with its ground truth, prediction and per-image mIoU."""
+
+    name: str
+    image: np.ndarray  # (H, W, 3) uint8
+    mask: np.ndarray  # (H, W) class indices, ignore_index where ignored
+    prediction: np.ndarray
+    miou: float
+
+
+def per_image_miou(preds: torch.Tensor, masks: torch.Tensor, num_classes: int, ignore_index: int) -> torch.Tensor:
+    """(N,) mean IoU of each image over the classes present in its target or prediction."""
+    valid = masks != ignore_index
+    n = preds.shape[0]
+    index = torch.arange(n, device=preds.device)[:, None, None] * num_classes**2 + masks * num_classes + preds
+    counts = torch.bincount(index[valid], minlength=n * num_classes**2).reshape(n, num_classes, num_classes)
+    tp = counts.diagonal(dim1=1, dim2=2).double()
+    union = counts.sum(1) + counts.sum(2) - tp
+    iou = torch.where(union > 0, tp / union.clamp(min=1), torch.nan)
+    return iou.nanmean(dim=1)
+
+
+class ValidationPictures(L.Callback):
+    """Logs example, worst-image and confusion-matrix pictures after every validation epoch.
+
+    Args:
+        num_images: fixed validation images to show (a seeded choice, the same every epoch).
+        worst_k: images with the lowest per-image mIoU to show (of rank 0's share under DDP).
+        seed: seed of the choice of fixed images.
+    """
+
+    def __init__(self, num_images: int = 8, worst_k: int = 4, seed: int = 0):
+        self.num_images, self.worst_k, self.seed = num_images, worst_k, seed
+        self.chosen: set[str] = set()
+        self.examples: list[Shown] = []
+        self.worst: list[Shown] = []
+        self.history: list[dict[str, float]] = []
+
+    def _active(self, trainer: L.Trainer) -> bool:
+        return trainer.is_global_zero and not trainer.sanity_checking
+
+    def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.examples, self.worst = [], []
+        if not self.chosen:
+            names = sorted(pair[0].stem for pair in trainer.val_dataloaders.dataset.pairs)
+            rng = np.random.default_rng(self.seed)
+            self.chosen = {names[i] for i in rng.choice(len(names), min(self.num_images, len(names)), replace=False)}
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        if not self._active(trainer) or not outputs:
+            return
+        hp = pl_module.hparams
+        preds, masks = outputs["preds"], batch["mask"]
+        scores = per_image_miou(preds, masks, hp.num_classes, hp.ignore_index).tolist()
+        threshold = self.worst[-1].miou if len(self.worst) >= self.worst_k else math.inf
+        for i, name in enumerate(batch["name"]):
+            worse = not math.isnan(scores[i]) and (scores[i] < threshold or len(self.worst) < self.worst_k)
+            if name not in self.chosen and not worse:
+                continue
+            mean, std = pl_module.normalization
+            shown = Shown(
+                name,
+                to_display(batch["image"][i].float().cpu().numpy(), mean, std),
+                masks[i].cpu().numpy(),
+                preds[i].cpu().numpy(),
+                scores[i],
+            )
+            if name in self.chosen:
+                self.examples.append(shown)
+            if worse and self.worst_k:
+                self.worst = sorted([*self.worst, shown], key=lambda s: s.miou)[: self.worst_k]
+                threshold = self.worst[-1].miou if len(self.worst) >= self.worst_k else math.inf
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not self._active(trainer):
+            return
+        from semseg import run_pictures  # matplotlib is imported only when pictures are drawn
+
+        hp = pl_module.hparams
+        confusion = pl_module.last_confusion.get("val")
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+        if trainer.state.fn == TrainerFn.FITTING:  # not the re-validation of the best checkpoint after fit
+            self.history.append({"epoch": trainer.current_epoch, **metrics})
+        folder = Path(trainer.default_root_dir) / "pictures"
+        folder.mkdir(parents=True, exist_ok=True)
+        palette = class_palette(hp.num_classes)
+        examples = sorted(self.examples, key=lambda s: s.name)
+        run_pictures.overlay_grid(examples, palette, hp.ignore_index, folder / "val_examples.png")
+        run_pictures.overlay_grid(self.worst, palette, hp.ignore_index, folder / "val_worst.png")
+        if confusion is not None:
+            run_pictures.confusion_matrix(confusion, hp.class_names, folder / "confusion_matrix.png")
+        run_pictures.per_class_iou(metrics, hp.class_names, folder / "per_class_iou.png")
+        run_pictures.training_curves(self.history, folder / "training_curves.png")
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                self._log_wandb(logger, trainer.global_step, examples, hp, folder)
+
+    def _log_wandb(self, logger: WandbLogger, step: int, examples: list[Shown], hp, folder: Path) -> None:
+        """One W&B history row: examples and worst images with their masks, and the confusion matrix."""
+        import wandb
+
+        labels = dict(enumerate(hp.class_names))
+        if 0 <= hp.ignore_index < 65536 and hp.ignore_index not in labels:
+            labels[hp.ignore_index] = "ignored"
+
+        def image(s: Shown) -> wandb.Image:
+            masks = {
+                "ground_truth": {"mask_data": s.mask.astype(np.int32), "class_labels": labels},
+                "prediction": {"mask_data": s.prediction.astype(np.int32), "class_labels": labels},
+            }
+            return wandb.Image(s.image, masks=masks, caption=f"{s.name} mIoU {s.miou:.3f}")
+
+        row = {key: [image(s) for s in shown] for key, shown in ((EXAMPLES, examples), (WORST, self.worst)) if shown}
+        if (folder / "confusion_matrix.png").is_file():
+            row["val/confusion_matrix"] = wandb.Image(str(folder / "confusion_matrix.png"))
+        logger.experiment.log({**row, "trainer/global_step": step})
