@@ -66,6 +66,16 @@ def test_a_good_folder_has_no_problems_and_exact_class_counts(tmp_path: Path):
     assert set(saved["suggested_class_weights"]) == {"median_frequency", "inverse_frequency"}
 
 
+def test_an_empty_test_split_is_no_test_split(tmp_path: Path):
+    root = good_folder(tmp_path)
+    (root / "images" / "test").mkdir()
+    (root / "masks" / "test").mkdir()
+    report = inspect(root)
+    assert report.ok and set(report.splits) == {"train", "val"}
+    dm = SegmentationDataModule(str(root), num_classes=2, in_channels=1, mean=[0], std=[1], num_workers=0)
+    assert not dm.has_test_split
+
+
 def test_unpaired_files_and_duplicate_stems_name_each_file(tmp_path: Path):
     root = good_folder(tmp_path)
     cv2.imwrite(str(root / "images" / "train" / "lonely.png"), square_pair()[0])

@@ -12,6 +12,7 @@ import cv2
 import yaml
 
 from semseg.report import find_runs, leaderboard
+from tests import wandb_records
 from tests.conftest import CHEAP
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -52,3 +53,24 @@ def test_compare_losses_runs_one_job_per_loss(tiny_root: Path, tmp_path: Path):
     grid = cv2.imread(str(sweep / "predictions.png"))
     assert grid.shape[1] == round(2.2 * (2 + 4) * 100)  # image, ground truth and 4 runs side by side
     assert cv2.imread(str(sweep / "leaderboard.png")) is not None
+
+
+def test_each_job_of_a_multirun_is_its_own_wandb_run(tiny_root: Path, tmp_path: Path):
+    sweep = tmp_path / "sweep"
+    overrides = [*CHEAP, "logger=wandb", "trainer.limit_train_batches=1", "run_test=false",
+                 f"data.root={tiny_root}", "data.synthetic=null"]  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "train.py"), "-m", "loss=ce,dice", f"hydra.sweep.dir={sweep}",
+         *overrides],
+        capture_output=True, text=True, timeout=600,
+        env=os.environ | {"WANDB_MODE": "offline", "WANDB_DIR": str(tmp_path), "HYDRA_FULL_ERROR": "1"},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = {}
+    for job, loss in ((sweep / "0", "ce"), (sweep / "1", "dice")):
+        (folder,) = (job / "wandb").glob("offline-run-*")
+        run = next(r.run for r in wandb_records.records(next(folder.glob("*.wandb"))) if r.HasField("run"))
+        runs[loss] = run
+        assert run.display_name == f"unet-{loss}-s0" and run.run_group == "sweep"
+        assert f"loss:{loss}" in run.tags
+    assert runs["ce"].run_id != runs["dice"].run_id

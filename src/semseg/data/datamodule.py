@@ -12,7 +12,14 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from semseg.data.dataset import MASK_PAD_CODE, MaskEncoder, SegmentationDataset, list_pairs, resolve_class_names
+from semseg.data.dataset import (
+    MASK_PAD_CODE,
+    MaskEncoder,
+    SegmentationDataset,
+    has_split,
+    list_pairs,
+    resolve_class_names,
+)
 from semseg.data.synthetic import SyntheticSpec, generate
 from semseg.data.transforms import build_transforms
 from semseg.errors import DataError
@@ -130,8 +137,8 @@ class SegmentationDataModule(L.LightningDataModule):
 
     @property
     def has_test_split(self) -> bool:
-        """True when a labelled test split exists (the split is optional)."""
-        return (self.root / "masks" / "test").is_dir()
+        """True when a labelled test split exists (the split is optional; an empty one is none)."""
+        return (self.root / "masks" / "test").is_dir() and has_split(self.root, "test")
 
     def setup(self, stage: str | None = None) -> None:
         if stage in (None, "fit"):

@@ -57,6 +57,12 @@ def _index_files(folder: Path) -> tuple[dict[str, Path], list[Problem]]:
     return files, problems
 
 
+def has_split(root: str | os.PathLike, split: str) -> bool:
+    """True when ``root/images/<split>`` holds at least one image (the test split is optional)."""
+    folder = Path(root) / "images" / split
+    return folder.is_dir() and bool(_index_files(folder)[0])
+
+
 def find_pairs(
     root: str | os.PathLike, split: str, require_masks: bool = True
 ) -> tuple[list[tuple[Path, Path | None]], list[Problem]]:

@@ -25,6 +25,7 @@ from semseg.data.dataset import (
     SPLITS,
     MaskEncoder,
     find_pairs,
+    has_split,
     resolve_class_names,
 )
 from semseg.data.mask_stats import MaskSummary, summarize_masks
@@ -257,8 +258,8 @@ def inspect_dataset(
     grouped_warnings: dict[str, list[str]] = {}
     pairs_by_split = {}
     for split in SPLITS:
-        if split == "test" and not (root / "images" / "test").is_dir():
-            continue  # the test split is optional
+        if split == "test" and not has_split(root, "test"):
+            continue  # the test split is optional, and an empty one is none
         pairs_by_split[split], found = find_pairs(root, split, require_masks=split != "test")
         problems += found
     summaries = _summaries(root, pairs_by_split)
