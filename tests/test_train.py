@@ -135,7 +135,9 @@ def test_wandb_logs_offline_without_credentials(make_cfg, monkeypatch, tmp_path:
     assert {"val/miou", "val/iou/speck", "val/dice/disk", "train/loss_ce"} <= {k for row in rows for k in row}
     pictures = [row for row in rows if "val/examples/all_masks" in row]
     assert len(pictures) == 3  # two epochs and the re-validation of the best checkpoint
-    assert all("val/worst/all_masks" in row and "val/confusion_matrix/path" in row for row in pictures)
+    assert all(
+        "val/worst/all_masks" in row and any(k.startswith("val/confusion_matrix") for k in row) for row in pictures
+    )
     example = pictures[-1]
     first = example["val/examples/captions"][0].split()[0]  # the examples come sorted by name
     stored = cv2.imread(str(tiny_root / "masks" / "val" / f"{first}.png"), cv2.IMREAD_UNCHANGED)

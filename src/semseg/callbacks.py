@@ -55,10 +55,14 @@ class ValidationPictures(L.Callback):
         num_images: fixed validation images to show (a seeded choice, the same every epoch).
         worst_k: images with the lowest per-image mIoU to show (of rank 0's share under DDP).
         seed: seed of the choice of fixed images.
+        png_every_n_epochs: how often training redraws the PNGs (matplotlib takes about a second);
+            the last epoch and the validation of the best checkpoint after training always do.
+            W&B gets its pictures every epoch (no drawing needed).
     """
 
-    def __init__(self, num_images: int = 8, worst_k: int = 4, seed: int = 0):
+    def __init__(self, num_images: int = 8, worst_k: int = 4, seed: int = 0, png_every_n_epochs: int = 10):
         self.num_images, self.worst_k, self.seed = num_images, worst_k, seed
+        self.png_every_n_epochs = png_every_n_epochs
         self.chosen: set[str] = set()
         self.examples: list[Shown] = []
         self.worst: list[Shown] = []
@@ -102,30 +106,39 @@ class ValidationPictures(L.Callback):
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not self._active(trainer):
             return
-        from semseg import run_pictures  # matplotlib is imported only when pictures are drawn
-
         hp = pl_module.hparams
         confusion = pl_module.last_confusion.get("val")
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
         if trainer.state.fn == TrainerFn.FITTING:  # not the re-validation of the best checkpoint after fit
             self.history.append({"epoch": trainer.current_epoch, **metrics})
-        folder = Path(trainer.default_root_dir) / "pictures"
+        examples = sorted(self.examples, key=lambda s: s.name)
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                self._log_wandb(logger, trainer.global_step, examples, hp, confusion)
+        if self._draw_pngs(trainer):
+            self._draw(Path(trainer.default_root_dir) / "pictures", examples, hp, confusion, metrics)
+
+    def _draw_pngs(self, trainer: L.Trainer) -> bool:
+        if trainer.state.fn != TrainerFn.FITTING or trainer.current_epoch + 1 >= (trainer.max_epochs or 0):
+            return True
+        return self.png_every_n_epochs > 0 and (trainer.current_epoch + 1) % self.png_every_n_epochs == 0
+
+    def _draw(self, folder: Path, examples: list[Shown], hp, confusion: torch.Tensor | None, metrics: dict) -> None:
+        from semseg import run_pictures  # matplotlib is imported only when pictures are drawn
+
         folder.mkdir(parents=True, exist_ok=True)
         palette = class_palette(hp.num_classes)
-        examples = sorted(self.examples, key=lambda s: s.name)
         run_pictures.overlay_grid(examples, palette, hp.ignore_index, folder / "val_examples.png")
         run_pictures.overlay_grid(self.worst, palette, hp.ignore_index, folder / "val_worst.png")
         if confusion is not None:
             run_pictures.confusion_matrix(confusion, hp.class_names, folder / "confusion_matrix.png")
         run_pictures.per_class_iou(metrics, hp.class_names, folder / "per_class_iou.png")
         run_pictures.training_curves(self.history, folder / "training_curves.png")
-        for logger in trainer.loggers:
-            if isinstance(logger, WandbLogger):
-                self._log_wandb(logger, trainer.global_step, examples, hp, folder)
 
-    def _log_wandb(self, logger: WandbLogger, step: int, examples: list[Shown], hp, folder: Path) -> None:
+    def _log_wandb(self, logger: WandbLogger, step: int, examples: list[Shown], hp, confusion) -> None:
         """One W&B history row: examples and worst images with their masks, and the confusion matrix."""
         import wandb
+        from wandb.plot.custom_chart import plot_table
 
         labels = dict(enumerate(hp.class_names))
         if 0 <= hp.ignore_index < 65536 and hp.ignore_index not in labels:
@@ -139,6 +152,14 @@ class ValidationPictures(L.Callback):
             return wandb.Image(s.image, masks=masks, caption=f"{s.name} mIoU {s.miou:.3f}")
 
         row = {key: [image(s) for s in shown] for key, shown in ((EXAMPLES, examples), (WORST, self.worst)) if shown}
-        if (folder / "confusion_matrix.png").is_file():
-            row["val/confusion_matrix"] = wandb.Image(str(folder / "confusion_matrix.png"))
+        if confusion is not None:
+            # W&B's interactive confusion matrix, built from our counts: wandb.plot.confusion_matrix
+            # itself wants one (true, predicted) entry per pixel.
+            names, counts = hp.class_names, confusion.tolist()
+            data = [[names[i], names[j], counts[i][j]] for i in range(len(names)) for j in range(len(names))]
+            table = wandb.Table(columns=["Actual", "Predicted", "nPredictions"], data=data)
+            fields = {"Actual": "Actual", "Predicted": "Predicted", "nPredictions": "nPredictions"}
+            row["val/confusion_matrix"] = plot_table(
+                "wandb/confusion_matrix/v1", table, fields, {"title": "validation confusion matrix"}
+            )
         logger.experiment.log({**row, "trainer/global_step": step})

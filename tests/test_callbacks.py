@@ -1,0 +1,28 @@
+"""ValidationPictures: per-image mIoU, and when the PNGs are redrawn."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+from lightning.pytorch.trainer.states import TrainerFn
+
+from semseg.callbacks import ValidationPictures, per_image_miou
+
+
+def test_per_image_miou_counts_only_the_classes_each_image_has_and_skips_ignored_pixels():
+    masks = torch.tensor([[[0, 0, 1, 1]], [[2, 2, 2, 255]]])
+    preds = torch.tensor([[[0, 1, 1, 1]], [[2, 2, 0, 1]]])
+    # image 0: class 0 IoU 1/2, class 1 IoU 2/3; image 1: class 2 IoU 2/3, class 0 IoU 0 (predicted only)
+    assert per_image_miou(preds, masks, 3, 255).tolist() == pytest.approx([(1 / 2 + 2 / 3) / 2, (2 / 3 + 0) / 2])
+
+
+@pytest.mark.parametrize(
+    ("fn", "epoch", "expected"),
+    [(TrainerFn.FITTING, 0, False), (TrainerFn.FITTING, 9, True), (TrainerFn.FITTING, 29, True),
+     (TrainerFn.FITTING, 14, False), (TrainerFn.VALIDATING, 3, True)],
+)  # fmt: skip
+def test_pngs_are_redrawn_every_n_epochs_at_the_last_epoch_and_for_the_best_checkpoint(fn, epoch, expected):
+    trainer = SimpleNamespace(state=SimpleNamespace(fn=fn), current_epoch=epoch, max_epochs=30)
+    assert ValidationPictures(png_every_n_epochs=10)._draw_pngs(trainer) is expected
