@@ -3,12 +3,12 @@
 import hydra
 from omegaconf import DictConfig
 
-from semseg.cli import exit_on_user_error
+from semseg.cli import run_job
 from semseg.train import train
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
-@exit_on_user_error
+@run_job
 def main(cfg: DictConfig) -> float | None:
     metrics = train(cfg)
     return metrics.get("val/miou")  # what a Hydra sweeper optimises

@@ -74,3 +74,20 @@ def test_each_job_of_a_multirun_is_its_own_wandb_run(tiny_root: Path, tmp_path: 
         assert run.display_name == f"unet-{loss}-s0" and run.run_group == "sweep"
         assert f"loss:{loss}" in run.tags
     assert runs["ce"].run_id != runs["dice"].run_id
+
+
+def test_a_failing_job_does_not_stop_the_multirun_and_is_reported_at_the_end(tiny_root: Path, tmp_path: Path):
+    sweep = tmp_path / "sweep"
+    overrides = [*CHEAP, "trainer.limit_train_batches=1", "run_test=false", f"data.root={tiny_root}",
+                 "data.synthetic=null"]  # fmt: skip
+    result = subprocess.run(
+        # data.num_classes=2 does not fit the 5-class masks: job 0 fails at its data check.
+        [sys.executable, str(ROOT / "scripts" / "train.py"), "-m", "data.num_classes=2,5",
+         "data.class_names=null", f"hydra.sweep.dir={sweep}", *overrides],
+        capture_output=True, text=True, timeout=600, env=os.environ | {"HYDRA_FULL_ERROR": "1"},
+    )  # fmt: skip
+    assert result.returncode == 1
+    failed = json.loads((sweep / "0" / "failed.json").read_text())
+    assert "data.num_classes=2" in failed["overrides"] and "not classes 0..1" in failed["error"]
+    assert (sweep / "1" / "metrics.json").is_file() and not (sweep / "1" / "failed.json").exists()
+    assert f"1 of 2 jobs failed:\n  {sweep / '0'} (data.num_classes=2" in result.stderr

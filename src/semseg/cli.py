@@ -1,13 +1,25 @@
-"""What every entry point shares: user errors printed as one clear message, not a traceback."""
+"""What every entry point shares: user errors printed as one clear message, not a traceback, and
+multirun jobs that fail without stopping the sweep."""
 
 from __future__ import annotations
 
 import functools
+import logging
+import math
 import sys
+import traceback
 from collections.abc import Callable
+from pathlib import Path
 from typing import TypeVar
 
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+
 from semseg.errors import SemsegError
+from semseg.files import write_json_atomic
+from semseg.hydra_callbacks import FAILED_FILE
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
@@ -30,5 +42,28 @@ def exit_on_user_error(main: Callable[..., T]) -> Callable[..., T]:
         except SemsegError as error:
             print(f"error: {user_message(error)}", file=sys.stderr)
             sys.exit(2)
+
+    return wrapper
+
+
+def run_job(main: Callable[..., float | None]) -> Callable[..., float | None]:
+    """``exit_on_user_error`` for a single run; in a multirun, a failing job writes ``failed.json``
+    into its folder, logs the error and returns NaN (a failed trial for a sweeper), so the other
+    jobs run on and ``ReportFailedJobs`` lists the failures at the end."""
+    single = exit_on_user_error(main)
+
+    @functools.wraps(main)
+    def wrapper(*args, **kwargs) -> float | None:
+        if not (HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN):
+            return single(*args, **kwargs)
+        try:
+            return main(*args, **kwargs)
+        except Exception as error:
+            hydra = HydraConfig.get()
+            message = user_message(error) if isinstance(error, SemsegError) else f"{type(error).__name__}: {error}"
+            log.error(f"job {hydra.job.num} failed: {message}\n{traceback.format_exc()}")
+            report = {"error": message, "overrides": list(hydra.overrides.task), "traceback": traceback.format_exc()}
+            write_json_atomic(Path(hydra.runtime.output_dir) / FAILED_FILE, report)
+            return math.nan
 
     return wrapper

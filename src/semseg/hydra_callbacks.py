@@ -1,0 +1,34 @@
+"""Hydra callbacks: the end-of-sweep report of the jobs that failed."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+FAILED_FILE = "failed.json"  # written into a job's folder when the job fails in a multirun
+
+
+class ReportFailedJobs(Callback):
+    """After a multirun, lists the failed jobs (folder, overrides, error) and exits 1 if any failed.
+
+    Jobs catch their own errors in a multirun (see ``semseg.cli.run_job``), so one failure does not
+    stop the others; this is where the failures come back.
+    """
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep = Path(config.hydra.sweep.dir)
+        jobs = [p.parent for p in sweep.rglob(".hydra") if p.is_dir()]
+        failed = sorted(sweep.rglob(FAILED_FILE))
+        if not failed:
+            return
+        lines = [f"{len(failed)} of {len(jobs)} jobs failed:"]
+        for path in failed:
+            report = json.loads(path.read_text())
+            lines.append(f"  {path.parent} ({' '.join(report['overrides'])}): {report['error']}")
+        print("\n".join(lines), file=sys.stderr)
+        sys.exit(1)
