@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -91,3 +92,26 @@ def test_a_failing_job_does_not_stop_the_multirun_and_is_reported_at_the_end(tin
     assert "data.num_classes=2" in failed["overrides"] and "not classes 0..1" in failed["error"]
     assert (sweep / "1" / "metrics.json").is_file() and not (sweep / "1" / "failed.json").exists()
     assert f"1 of 2 jobs failed:\n  {sweep / '0'} (data.num_classes=2" in result.stderr
+
+
+def test_ddp_jobs_in_a_multirun_train_their_own_job_once(tiny_root: Path, tmp_path: Path):
+    sweep = tmp_path / "sweep"
+    overrides = [*CHEAP, "trainer=ddp_cpu", "trainer.limit_train_batches=2", "data.batch_size=2", "run_test=false",
+                 f"data.root={tiny_root}", "data.synthetic=null"]  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "train.py"), "-m", "loss=ce,dice", f"hydra.sweep.dir={sweep}",
+         *overrides],
+        capture_output=True, text=True, timeout=600, cwd=tmp_path, env=os.environ | {"HYDRA_FULL_ERROR": "1"},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (result.stdout + result.stderr).count("Launching 2 jobs") == 1  # no rank re-ran the sweep
+    assert sorted(p.name for p in sweep.iterdir()) == ["0", "1", "multirun.yaml"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sweep"]  # no stray run folder
+    for job in ("0", "1"):
+        folder = sweep / job
+        assert json.loads((folder / "metrics.json").read_text())["val/miou"] >= 0
+        rank0 = re.search(r"rank 0: config digest (\w+), output (\S+)", (folder / "train.log").read_text())
+        rank1 = re.search(
+            r"rank 1: config digest (\w+), output (\S+)", (folder / "train_ddp_process_1.log").read_text()
+        )
+        assert rank0 and rank1 and rank0.groups() == rank1.groups() == (rank0[1], str(folder))

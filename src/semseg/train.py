@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import time
@@ -18,6 +19,7 @@ from semseg.class_weights import resolve_class_weights
 from semseg.data import SegmentationDataModule
 from semseg.data.dataset import resolve_class_names
 from semseg.data.doctor import DataReport, check_data
+from semseg.distributed import ranks_run_this_job
 from semseg.files import write_json_atomic
 from semseg.loggers import build_logger, finish_logger, run_identity, wandb_run_id
 from semseg.models import count_gflops, count_parameters
@@ -104,6 +106,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
     output_dir = Path(cfg.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     L.seed_everything(cfg.seed, workers=True)
+    # One line per rank: under DDP every rank must show the same digest (the same job, config).
+    digest = hashlib.sha1(OmegaConf.to_yaml(cfg, resolve=True).encode()).hexdigest()[:12]
+    log.info(f"rank {rank_zero_only.rank}: config digest {digest}, output {output_dir}")
 
     # The data set is checked before any work: a bad file stops the run here, with its name and fix.
     report = check_data(OmegaConf.to_container(cfg.data, resolve=True))
@@ -115,7 +120,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     datamodule = build_datamodule(cfg, module)
     logger = build_logger(cfg.get("logger"), run_identity(cfg), wandb_run_id(cfg.get("ckpt_path")))
     try:
-        metrics, run_info = _fit_and_evaluate(cfg, module, datamodule, logger, report)
+        with ranks_run_this_job():
+            metrics, run_info = _fit_and_evaluate(cfg, module, datamodule, logger, report)
     except BaseException:
         finish_logger(logger, exit_code=1)
         raise
