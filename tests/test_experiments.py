@@ -115,3 +115,29 @@ def test_ddp_jobs_in_a_multirun_train_their_own_job_once(tiny_root: Path, tmp_pa
             r"rank 1: config digest (\w+), output (\S+)", (folder / "train_ddp_process_1.log").read_text()
         )
         assert rank0 and rank1 and rank0.groups() == rank1.groups() == (rank0[1], str(folder))
+
+
+def test_gpu_pool_runs_jobs_in_parallel_each_on_its_own_devices(tiny_root: Path, tmp_path: Path):
+    sweep = tmp_path / "sweep"
+    overrides = [*CHEAP, "trainer.limit_train_batches=1", "run_test=false", f"data.root={tiny_root}",
+                 "data.synthetic=null", "hydra/launcher=gpu_pool", "hydra.launcher.gpus=[0,1,2,3]",
+                 "hydra.launcher.gpus_per_job=2"]  # fmt: skip
+    result = subprocess.run(
+        # The jobs train on the CPU; the launcher still hands each its CUDA_VISIBLE_DEVICES.
+        [sys.executable, str(ROOT / "scripts" / "train.py"), "-m", "loss=ce,dice,focal,lovasz",
+         f"hydra.sweep.dir={sweep}", *overrides],
+        capture_output=True, text=True, timeout=600, env=os.environ | {"HYDRA_FULL_ERROR": "1"},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    launches = [json.loads((sweep / str(n) / "launch.json").read_text()) for n in range(4)]
+    assert all(json.loads((sweep / str(n) / "metrics.json").read_text())["val/miou"] >= 0 for n in range(4))
+    assert {launch["devices"] for launch in launches} == {"0,1", "2,3"}
+    overlapping = [
+        (a, b) for i, a in enumerate(launches) for b in launches[i + 1 :]
+        if a["started"] < b["ended"] and b["started"] < a["ended"]
+    ]  # fmt: skip
+    assert overlapping, "the jobs ran one after the other"
+    assert all(a["devices"] != b["devices"] for a, b in overlapping)
+    for launch in launches:  # never more than the 2 slots at once
+        running = sum(other["started"] <= launch["started"] < other["ended"] for other in launches)
+        assert running <= 2
