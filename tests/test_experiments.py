@@ -141,3 +141,20 @@ def test_gpu_pool_runs_jobs_in_parallel_each_on_its_own_devices(tiny_root: Path,
     for launch in launches:  # never more than the 2 slots at once
         running = sum(other["started"] <= launch["started"] < other["ended"] for other in launches)
         assert running <= 2
+
+
+def test_submitit_runs_the_sweep_through_its_local_executor(tiny_root: Path, tmp_path: Path):
+    # hydra/launcher=slurm is the same launcher with the SLURM executor; the local one runs here.
+    sweep = tmp_path / "sweep"
+    overrides = [*CHEAP, "trainer.limit_train_batches=1", "run_test=false", f"data.root={tiny_root}",
+                 "data.synthetic=null", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10"]  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "train.py"), "-m", "loss=ce,dice", f"hydra.sweep.dir={sweep}",
+         *overrides],
+        capture_output=True, text=True, timeout=600, env=os.environ | {"HYDRA_FULL_ERROR": "1"},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    for job, loss in (("0", "ce"), ("1", "dice")):
+        assert f"loss={loss}" in yaml.safe_load((sweep / job / ".hydra" / "overrides.yaml").read_text())
+        assert json.loads((sweep / job / "metrics.json").read_text())["val/miou"] >= 0
+    assert list((sweep / ".submitit").iterdir())  # submitit's own job folders: it ran them
