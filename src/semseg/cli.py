@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import math
 import sys
 import traceback
 from collections.abc import Callable
@@ -48,8 +47,9 @@ def exit_on_user_error(main: Callable[..., T]) -> Callable[..., T]:
 
 def run_job(main: Callable[..., float | None]) -> Callable[..., float | None]:
     """``exit_on_user_error`` for a single run; in a multirun, a failing job writes ``failed.json``
-    into its folder, logs the error and returns NaN (a failed trial for a sweeper), so the other
-    jobs run on and ``ReportFailedJobs`` lists the failures at the end."""
+    into its folder, logs the error and returns None (the Optuna sweeper tells such a trial FAIL;
+    NaN would break its tell), so the other jobs run on and ``ReportFailedJobs`` lists the failures
+    at the end."""
     single = exit_on_user_error(main)
 
     @functools.wraps(main)
@@ -64,6 +64,6 @@ def run_job(main: Callable[..., float | None]) -> Callable[..., float | None]:
             log.error(f"job {hydra.job.num} failed: {message}\n{traceback.format_exc()}")
             report = {"error": message, "overrides": list(hydra.overrides.task), "traceback": traceback.format_exc()}
             write_json_atomic(Path(hydra.runtime.output_dir) / FAILED_FILE, report)
-            return math.nan
+            return None
 
     return wrapper

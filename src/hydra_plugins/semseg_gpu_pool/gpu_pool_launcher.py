@@ -12,7 +12,6 @@ and times; a failed job leaves ``failed.json`` and the sweep goes on (see ``Repo
 # it in sys.modules, where dataclasses look string annotations up.
 import json
 import logging
-import math
 import os
 import queue
 import subprocess
@@ -111,15 +110,16 @@ class GpuPoolLauncher(Launcher):
             _return_value=self._result(job_dir, overrides, code),
         )
 
-    def _result(self, job_dir: Path, overrides: list[str], code: int) -> float:
+    def _result(self, job_dir: Path, overrides: list[str], code: int) -> float | None:
+        """The job's metric; None for a failed job, as ``semseg.cli.run_job`` returns in-process."""
         from semseg.hydra_callbacks import FAILED_FILE
 
         metrics = job_dir / "metrics.json"
         if code == 0 and metrics.is_file():
             value = json.loads(metrics.read_text()).get(self.metric)
-            return math.nan if value is None else float(value)
+            return None if value is None else float(value)
         if not (job_dir / FAILED_FILE).exists():
             tail = (job_dir / "launcher.log").read_text().strip().splitlines()[-1:] or ["no output"]
             report = {"error": f"exit code {code}: {tail[0]}", "overrides": overrides, "traceback": ""}
             (job_dir / FAILED_FILE).write_text(json.dumps(report))
-        return math.nan
+        return None
