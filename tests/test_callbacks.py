@@ -26,3 +26,21 @@ def test_per_image_miou_counts_only_the_classes_each_image_has_and_skips_ignored
 def test_pngs_are_redrawn_every_n_epochs_at_the_last_epoch_and_for_the_best_checkpoint(fn, epoch, expected):
     trainer = SimpleNamespace(state=SimpleNamespace(fn=fn), current_epoch=epoch, max_epochs=30)
     assert ValidationPictures(png_every_n_epochs=10)._draw_pngs(trainer) is expected
+
+
+def test_the_k_worst_images_are_kept_across_batches_and_k_0_keeps_none():
+    def batch(names: list[str], correct: list[float]) -> tuple[dict, dict]:
+        masks = torch.zeros(len(names), 1, 10, dtype=torch.long)
+        preds = masks.clone()
+        for i, share in enumerate(correct):
+            preds[i, 0, round(share * 10) :] = 1  # wrong from there on
+        images = torch.zeros(len(names), 3, 1, 10)
+        return {"preds": preds}, {"mask": masks, "image": images, "name": names}
+
+    module = SimpleNamespace(hparams=SimpleNamespace(num_classes=2, ignore_index=255), normalization=([0] * 3, [1] * 3))
+    trainer = SimpleNamespace(is_global_zero=True, sanity_checking=False)
+    for k, expected in ((2, ["b", "c"]), (0, [])):
+        pictures = ValidationPictures(worst_k=k)
+        for outputs, data in (batch(["a", "b"], [0.9, 0.2]), batch(["c", "d"], [0.5, 1.0])):
+            pictures.on_validation_batch_end(trainer, module, outputs, data, 0)
+        assert [s.name for s in pictures.worst] == expected

@@ -78,15 +78,18 @@ class ValidationPictures(L.Callback):
             rng = np.random.default_rng(self.seed)
             self.chosen = {names[i] for i in rng.choice(len(names), min(self.num_images, len(names)), replace=False)}
 
+    def _worst_threshold(self) -> float:
+        """The per-image mIoU an image must be below to join the k worst so far."""
+        return self.worst[-1].miou if len(self.worst) >= self.worst_k else math.inf
+
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
         if not self._active(trainer) or not outputs:
             return
         hp = pl_module.hparams
         preds, masks = outputs["preds"], batch["mask"]
         scores = per_image_miou(preds, masks, hp.num_classes, hp.ignore_index).tolist()
-        threshold = self.worst[-1].miou if len(self.worst) >= self.worst_k else math.inf
         for i, name in enumerate(batch["name"]):
-            worse = not math.isnan(scores[i]) and (scores[i] < threshold or len(self.worst) < self.worst_k)
+            worse = self.worst_k > 0 and not math.isnan(scores[i]) and scores[i] < self._worst_threshold()
             if name not in self.chosen and not worse:
                 continue
             mean, std = pl_module.normalization
@@ -99,9 +102,8 @@ class ValidationPictures(L.Callback):
             )
             if name in self.chosen:
                 self.examples.append(shown)
-            if worse and self.worst_k:
+            if worse:
                 self.worst = sorted([*self.worst, shown], key=lambda s: s.miou)[: self.worst_k]
-                threshold = self.worst[-1].miou if len(self.worst) >= self.worst_k else math.inf
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not self._active(trainer):
