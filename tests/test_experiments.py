@@ -20,14 +20,21 @@ from tests.conftest import CHEAP
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def run_sweep(sweep: Path, tiny_root: Path, swept: list[str], *overrides: str, cwd: Path | None = None, **env: str):
+    """`scripts/train.py -m <swept>` on the tiny data set, cheap, writing the sweep into ``sweep``.
+
+    ``overrides`` come after the cheap defaults, so they win over them (``trainer=ddp_cpu``)."""
+    tiny = [*CHEAP, f"data.root={tiny_root}", "data.synthetic=null"]
+    return subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "train.py"), "-m", *swept, f"hydra.sweep.dir={sweep}", *tiny,
+         *overrides],
+        capture_output=True, text=True, timeout=900, cwd=cwd, env=os.environ | {"HYDRA_FULL_ERROR": "1"} | env,
+    )  # fmt: skip
+
+
 def test_compare_losses_runs_one_job_per_loss(tiny_root: Path, tmp_path: Path):
     sweep = tmp_path / "sweep"
-    overrides = [*CHEAP, "trainer.limit_train_batches=1", f"data.root={tiny_root}", "data.synthetic=null"]
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "train.py"), "-m", "experiment=compare_losses",
-         f"hydra.sweep.dir={sweep}", *overrides],
-        capture_output=True, text=True, timeout=600, env=os.environ | {"HYDRA_FULL_ERROR": "1"},
-    )  # fmt: skip
+    result = run_sweep(sweep, tiny_root, ["experiment=compare_losses"], "trainer.limit_train_batches=1")
     assert result.returncode == 0, result.stderr[-3000:]
     jobs = sorted(p for p in sweep.iterdir() if p.is_dir())
     losses = []
@@ -59,14 +66,16 @@ def test_compare_losses_runs_one_job_per_loss(tiny_root: Path, tmp_path: Path):
 
 def test_each_job_of_a_multirun_is_its_own_wandb_run(tiny_root: Path, tmp_path: Path):
     sweep = tmp_path / "sweep"
-    overrides = [*CHEAP, "logger=wandb", "trainer.limit_train_batches=1", "run_test=false",
-                 f"data.root={tiny_root}", "data.synthetic=null"]  # fmt: skip
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "train.py"), "-m", "loss=ce,dice", f"hydra.sweep.dir={sweep}",
-         *overrides],
-        capture_output=True, text=True, timeout=600,
-        env=os.environ | {"WANDB_MODE": "offline", "WANDB_DIR": str(tmp_path), "HYDRA_FULL_ERROR": "1"},
-    )  # fmt: skip
+    result = run_sweep(
+        sweep,
+        tiny_root,
+        ["loss=ce,dice"],
+        "logger=wandb",
+        "trainer.limit_train_batches=1",
+        "run_test=false",
+        WANDB_MODE="offline",
+        WANDB_DIR=str(tmp_path),
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     runs = {}
     for job, loss in ((sweep / "0", "ce"), (sweep / "1", "dice")):
@@ -80,14 +89,14 @@ def test_each_job_of_a_multirun_is_its_own_wandb_run(tiny_root: Path, tmp_path: 
 
 def test_a_failing_job_does_not_stop_the_multirun_and_is_reported_at_the_end(tiny_root: Path, tmp_path: Path):
     sweep = tmp_path / "sweep"
-    overrides = [*CHEAP, "trainer.limit_train_batches=1", "run_test=false", f"data.root={tiny_root}",
-                 "data.synthetic=null"]  # fmt: skip
-    result = subprocess.run(
-        # data.num_classes=2 does not fit the 5-class masks: job 0 fails at its data check.
-        [sys.executable, str(ROOT / "scripts" / "train.py"), "-m", "data.num_classes=2,5",
-         "data.class_names=null", f"hydra.sweep.dir={sweep}", *overrides],
-        capture_output=True, text=True, timeout=600, env=os.environ | {"HYDRA_FULL_ERROR": "1"},
-    )  # fmt: skip
+    # data.num_classes=2 does not fit the 5-class masks: job 0 fails at its data check.
+    result = run_sweep(
+        sweep,
+        tiny_root,
+        ["data.num_classes=2,5", "data.class_names=null"],
+        "trainer.limit_train_batches=1",
+        "run_test=false",
+    )
     assert result.returncode == 1
     failed = json.loads((sweep / "0" / "failed.json").read_text())
     assert "data.num_classes=2" in failed["overrides"] and "not classes 0..1" in failed["error"]
@@ -97,13 +106,16 @@ def test_a_failing_job_does_not_stop_the_multirun_and_is_reported_at_the_end(tin
 
 def test_ddp_jobs_in_a_multirun_train_their_own_job_once(tiny_root: Path, tmp_path: Path):
     sweep = tmp_path / "sweep"
-    overrides = [*CHEAP, "trainer=ddp_cpu", "trainer.limit_train_batches=2", "data.batch_size=2", "run_test=false",
-                 f"data.root={tiny_root}", "data.synthetic=null"]  # fmt: skip
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "train.py"), "-m", "loss=ce,dice", f"hydra.sweep.dir={sweep}",
-         *overrides],
-        capture_output=True, text=True, timeout=600, cwd=tmp_path, env=os.environ | {"HYDRA_FULL_ERROR": "1"},
-    )  # fmt: skip
+    result = run_sweep(
+        sweep,
+        tiny_root,
+        ["loss=ce,dice"],
+        "trainer=ddp_cpu",
+        "trainer.limit_train_batches=2",
+        "data.batch_size=2",
+        "run_test=false",
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert (result.stdout + result.stderr).count("Launching 2 jobs") == 1  # no rank re-ran the sweep
     assert sorted(p.name for p in sweep.iterdir()) == ["0", "1", "multirun.yaml"]
@@ -120,15 +132,17 @@ def test_ddp_jobs_in_a_multirun_train_their_own_job_once(tiny_root: Path, tmp_pa
 
 def test_gpu_pool_runs_jobs_in_parallel_each_on_its_own_devices(tiny_root: Path, tmp_path: Path):
     sweep = tmp_path / "sweep"
-    overrides = [*CHEAP, "trainer.limit_train_batches=1", "run_test=false", f"data.root={tiny_root}",
-                 "data.synthetic=null", "hydra/launcher=gpu_pool", "hydra.launcher.gpus=[0,1,2,3]",
-                 "hydra.launcher.gpus_per_job=2"]  # fmt: skip
-    result = subprocess.run(
-        # The jobs train on the CPU; the launcher still hands each its CUDA_VISIBLE_DEVICES.
-        [sys.executable, str(ROOT / "scripts" / "train.py"), "-m", "loss=ce,dice,focal,lovasz",
-         f"hydra.sweep.dir={sweep}", *overrides],
-        capture_output=True, text=True, timeout=600, env=os.environ | {"HYDRA_FULL_ERROR": "1"},
-    )  # fmt: skip
+    # The jobs train on the CPU; the launcher still hands each its CUDA_VISIBLE_DEVICES.
+    result = run_sweep(
+        sweep,
+        tiny_root,
+        ["loss=ce,dice,focal,lovasz"],
+        "trainer.limit_train_batches=1",
+        "run_test=false",
+        "hydra/launcher=gpu_pool",
+        "hydra.launcher.gpus=[0,1,2,3]",
+        "hydra.launcher.gpus_per_job=2",
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     launches = [json.loads((sweep / str(n) / "launch.json").read_text()) for n in range(4)]
     assert all(json.loads((sweep / str(n) / "metrics.json").read_text())["val/miou"] >= 0 for n in range(4))
@@ -147,13 +161,15 @@ def test_gpu_pool_runs_jobs_in_parallel_each_on_its_own_devices(tiny_root: Path,
 def test_submitit_runs_the_sweep_through_its_local_executor(tiny_root: Path, tmp_path: Path):
     # hydra/launcher=slurm is the same launcher with the SLURM executor; the local one runs here.
     sweep = tmp_path / "sweep"
-    overrides = [*CHEAP, "trainer.limit_train_batches=1", "run_test=false", f"data.root={tiny_root}",
-                 "data.synthetic=null", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10"]  # fmt: skip
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "train.py"), "-m", "loss=ce,dice", f"hydra.sweep.dir={sweep}",
-         *overrides],
-        capture_output=True, text=True, timeout=600, env=os.environ | {"HYDRA_FULL_ERROR": "1"},
-    )  # fmt: skip
+    result = run_sweep(
+        sweep,
+        tiny_root,
+        ["loss=ce,dice"],
+        "trainer.limit_train_batches=1",
+        "run_test=false",
+        "hydra/launcher=submitit_local",
+        "hydra.launcher.timeout_min=10",
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     for job, loss in (("0", "ce"), ("1", "dice")):
         assert f"loss={loss}" in yaml.safe_load((sweep / job / ".hydra" / "overrides.yaml").read_text())
@@ -171,13 +187,17 @@ def test_optuna_search_survives_a_failed_trial(tiny_root: Path, tmp_path: Path):
         "hydra:\n  sweeper:\n    n_trials: 4\n    params:\n      data.num_classes: choice(2, 5)\n"
     )
     sweep = tmp_path / "sweep"
-    overrides = [*CHEAP, "trainer.limit_train_batches=1", "run_test=false", f"data.root={tiny_root}",
-                 "data.synthetic=null", "data.class_names=null", f"hydra.searchpath=[file://{tmp_path / 'conf'}]",
-                 "hparams_search=optuna_with_failures", "hydra.sweeper.sampler.seed=6"]  # fmt: skip
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "train.py"), "-m", f"hydra.sweep.dir={sweep}", *overrides],
-        capture_output=True, text=True, timeout=900, env=os.environ | {"HYDRA_FULL_ERROR": "1"},
-    )  # fmt: skip
+    result = run_sweep(
+        sweep,
+        tiny_root,
+        [],
+        "trainer.limit_train_batches=1",
+        "run_test=false",
+        "data.class_names=null",
+        f"hydra.searchpath=[file://{tmp_path / 'conf'}]",
+        "hparams_search=optuna_with_failures",
+        "hydra.sweeper.sampler.seed=6",
+    )
     jobs = sorted(p.parent for p in sweep.rglob(".hydra"))
     failed = [job for job in jobs if (job / "failed.json").exists()]
     assert len(jobs) == 4, result.stderr[-3000:]  # every trial ran

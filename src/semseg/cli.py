@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import TypeVar
 
 from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
 
+from semseg.distributed import in_multirun
 from semseg.errors import SemsegError
 from semseg.files import write_json_atomic
 from semseg.hydra_callbacks import FAILED_FILE
@@ -54,7 +54,7 @@ def run_job(main: Callable[..., float | None]) -> Callable[..., float | None]:
 
     @functools.wraps(main)
     def wrapper(*args, **kwargs) -> float | None:
-        if not (HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN):
+        if not in_multirun():
             return single(*args, **kwargs)
         try:
             return main(*args, **kwargs)

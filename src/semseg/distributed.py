@@ -21,10 +21,15 @@ from hydra.types import RunMode
 from omegaconf import read_write
 
 
+def in_multirun() -> bool:
+    """True inside a job of a Hydra multirun (``-m``)."""
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
 @contextmanager
 def ranks_run_this_job() -> Iterator[None]:
     """Within it, DDP child processes re-run the current multirun job as a single run in its folder."""
-    if not (HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN):
+    if not in_multirun():
         yield
         return
     hydra = HydraConfig.instance().cfg.hydra

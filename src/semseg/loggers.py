@@ -11,11 +11,11 @@ from urllib.parse import urlparse
 
 import torch
 from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.pytorch.loggers import Logger, WandbLogger
 from omegaconf import DictConfig
 
+from semseg.distributed import in_multirun
 from semseg.network import can_reach
 
 WANDB_DEFAULT_URL = "https://api.wandb.ai"
@@ -61,7 +61,7 @@ def run_identity(cfg: DictConfig) -> dict[str, Any]:
     loss = choices.get("loss") or "+".join(cfg.loss.terms)
     data = choices.get("data") or Path(str(cfg.data.root)).name
     group = choices.get("experiment")
-    if group in (None, "null") and HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+    if group in (None, "null") and in_multirun():
         group = Path(HydraConfig.get().sweep.dir).name
     return {
         "name": f"{model}-{loss}-s{cfg.seed}",

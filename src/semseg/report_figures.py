@@ -17,6 +17,7 @@ from omegaconf import OmegaConf, open_dict
 
 from semseg.module import SegmentationModule
 from semseg.report import Row, Run
+from semseg.train import build_datamodule
 from semseg.visualize import class_palette, colorize, to_display
 
 
@@ -49,8 +50,6 @@ def _checkpoint(run: Run) -> Path | None:
 
 
 def _validation_set(run: Run, module: SegmentationModule):
-    from semseg.train import build_datamodule  # train imports this module's siblings; import late
-
     cfg = OmegaConf.load(run.folder / ".hydra" / "config.yaml")
     with open_dict(cfg):
         cfg.data.num_workers = 0
