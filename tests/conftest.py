@@ -13,7 +13,10 @@ from semseg.data.synthetic import SyntheticSpec, generate
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
-# Every test run of train(): CPU, one small epoch, no W&B unless a test asks for it.
+# Drawing the run folder's pictures costs matplotlib ~3 s per run: only the tests of the pictures
+# draw them (make_cfg(..., pictures=True)).
+NO_PICTURES = "callbacks.validation_pictures=null"
+# Every test run of train(): CPU, one small epoch, no W&B and no pictures unless a test asks.
 CHEAP = [
     "trainer=cpu",
     "trainer.max_epochs=1",
@@ -22,6 +25,7 @@ CHEAP = [
     "logger=csv",
     "data.batch_size=4",
     "data.num_workers=0",
+    NO_PICTURES,
 ]
 
 
@@ -54,21 +58,41 @@ def odd_size_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def compose_cfg(overrides: list[str] | None = None) -> DictConfig:
-    """The real conf/train.yaml with ``overrides`` (no Hydra run, so output_dir must be set)."""
+def compose_named(config_name: str, overrides: list[str] | None = None) -> DictConfig:
+    """The real conf/<config_name>.yaml with ``overrides`` (no Hydra run, so output_dir must be set)."""
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose(config_name="train", overrides=overrides or [])
+        return compose(config_name=config_name, overrides=overrides or [])
+
+
+def compose_cfg(overrides: list[str] | None = None) -> DictConfig:
+    """The real conf/train.yaml with ``overrides``."""
+    return compose_named("train", overrides)
 
 
 @pytest.fixture
 def make_cfg(tiny_root: Path, tmp_path: Path):
     """Builds a cheap training config on the tiny data set, writing into ``tmp_path/run``."""
 
-    def make(*overrides: str, root: Path | None = None) -> DictConfig:
-        cfg = compose_cfg([*CHEAP, f"data.root={root or tiny_root}", *overrides])
+    def make(*overrides: str, root: Path | None = None, pictures: bool = False) -> DictConfig:
+        cheap = [o for o in CHEAP if not (pictures and o == NO_PICTURES)]
+        cfg = compose_cfg([*cheap, f"data.root={root or tiny_root}", *overrides])
         with open_dict(cfg):
             cfg.output_dir = str(tmp_path / "run")
             cfg.data.synthetic = None  # the fixture generated it already
         return cfg
 
     return make
+
+
+@pytest.fixture(scope="session")
+def trained_run(tiny_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A run folder of a model trained for 2 epochs on the tiny data set (checkpoints, metrics.json)."""
+    from semseg.train import train
+
+    folder = tmp_path_factory.mktemp("trained") / "run"
+    cfg = compose_cfg([*CHEAP, f"data.root={tiny_root}", "trainer.max_epochs=2"])
+    with open_dict(cfg):
+        cfg.output_dir = str(folder)
+        cfg.data.synthetic = None
+    train(cfg)
+    return folder

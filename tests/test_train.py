@@ -15,6 +15,7 @@ import pytest
 import torch
 from omegaconf import open_dict
 
+from semseg.errors import ConfigError
 from semseg.models import count_gflops
 from semseg.train import build_module, train
 from tests import wandb_records
@@ -84,14 +85,24 @@ def test_compile_happens_once_in_configure_model_and_only_when_asked(make_cfg):
     assert first is not None and compiled.net._compiled_call_impl is first
 
 
-def test_checkpoint_carries_what_inference_needs(make_cfg):
-    cfg = make_cfg("data.ignore_index=7")
-    train(cfg)
-    ckpt = torch.load(Path(cfg.output_dir) / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=False)
+def test_checkpoint_carries_what_inference_needs(make_cfg, tiny_root: Path):
+    palette = [[0, 0, 0], [255, 0, 0], [0, 255, 0], [0, 0, 255], [255, 255, 0]]
+    # Validation and test run tiled (16-pixel tiles of the 32-pixel images), as inference= asks.
+    cfg = make_cfg("data.ignore_index=7", f"data.palette={palette}", "inference=tiled", "inference.tile_size=[16,16]")
+    metrics = train(cfg)
+    assert 0 <= metrics["test/miou"] <= 1
+    ckpt = torch.load(Path(cfg.output_dir) / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=True)
     hp = ckpt["hyper_parameters"]
     assert hp["class_names"] == ["background", "disk", "square", "triangle", "speck"]
     assert hp["ignore_index"] == 7 and hp["in_channels"] == 3 and hp["model"]["arch"] == "unet"
     assert len(hp["normalization"]["mean"]) == 3
+    assert hp["palette"] == palette and hp["inference"]["tile_size"] == [16, 16]
+    assert hp["data"]["root"] == str(tiny_root.resolve()) and hp["data"]["image_size"] is None
+
+
+def test_a_palette_that_does_not_fit_the_classes_is_refused(make_cfg):
+    with pytest.raises(ConfigError, match=r"data.palette=.*one \[R, G, B\] \(0-255\) per class \(5\)"):
+        build_module(make_cfg("data.palette=[[0,0,0],[255,0,0]]"))
 
 
 def test_resume_from_last_checkpoint_continues_the_run(make_cfg, tmp_path: Path):
@@ -120,7 +131,7 @@ def test_wandb_logs_offline_without_credentials(make_cfg, monkeypatch, tmp_path:
     monkeypatch.delenv("WANDB_MODE", raising=False)
     monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc: no credentials
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
-    cfg = make_cfg("logger=wandb", "run_test=false", "trainer.max_epochs=2")
+    cfg = make_cfg("logger=wandb", "run_test=false", "trainer.max_epochs=2", pictures=True)
     metrics = train(cfg)
     runs = list((Path(cfg.output_dir) / "wandb").glob("offline-run-*"))
     assert len(runs) == 1 and list(runs[0].glob("*.wandb"))
@@ -169,7 +180,7 @@ def test_resuming_a_checkpoint_continues_its_wandb_run(make_cfg, monkeypatch, tm
 
 
 def test_run_folder_pictures_without_wandb(make_cfg):
-    cfg = make_cfg("run_test=false")
+    cfg = make_cfg("run_test=false", pictures=True)
     train(cfg)
     pictures = Path(cfg.output_dir) / "pictures"
     names = {"val_examples", "val_worst", "confusion_matrix", "per_class_iou", "training_curves"}

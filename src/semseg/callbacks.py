@@ -20,7 +20,7 @@ import torch
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.trainer.states import TrainerFn
 
-from semseg.visualize import class_palette, to_display
+from semseg.visualize import to_display
 
 EXAMPLES, WORST = "val/examples", "val/worst"
 
@@ -129,7 +129,7 @@ class ValidationPictures(L.Callback):
         from semseg import run_pictures  # matplotlib is imported only when pictures are drawn
 
         folder.mkdir(parents=True, exist_ok=True)
-        palette = class_palette(hp.num_classes)
+        palette = np.asarray(hp.palette, np.uint8)
         run_pictures.overlay_grid(examples, palette, hp.ignore_index, folder / "val_examples.png")
         run_pictures.overlay_grid(self.worst, palette, hp.ignore_index, folder / "val_worst.png")
         if confusion is not None:

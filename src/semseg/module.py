@@ -7,16 +7,20 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 from hydra.utils import instantiate
 from lightning.pytorch.loggers import WandbLogger
 from torch import nn
 
+from semseg.errors import ConfigError
+from semseg.inference import InferenceSettings, predict_logits
 from semseg.loggers import WANDB_RUN_ID_KEY
 from semseg.losses import build_loss
 from semseg.metrics import BoundaryIoU, confusion_matrix_metric, scores_from_confusion
 from semseg.models import build_model, encoder_normalization
 from semseg.schedulers import build_scheduler
+from semseg.visualize import class_palette
 
 EVAL_STAGES = ("val", "test")
 
@@ -40,6 +44,11 @@ class SegmentationModule(L.LightningModule):
         normalization: ``{"mean": [...], "std": [...]}`` of the inputs (0..1 units); None takes
             the encoder's (see ``semseg.models.encoder_normalization``).
         boundary_width: band width in pixels of the boundary IoU metric.
+        palette: one ``[R, G, B]`` per class for pictures and colour masks; None: Pascal VOC's.
+        inference: the ``inference`` config group, how val and test see images (whole, tiled,
+            TTA; see ``semseg.inference``).
+        data: the training ``data`` config, kept for inference (input size, label map) and as
+            eval.py's default data.
     """
 
     def __init__(
@@ -55,6 +64,9 @@ class SegmentationModule(L.LightningModule):
         class_weights: Sequence[float] | None = None,
         normalization: Mapping[str, Sequence[float]] | None = None,
         boundary_width: int = 3,
+        palette: Sequence[Sequence[int]] | None = None,
+        inference: Mapping | None = None,
+        data: Mapping | None = None,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -62,6 +74,11 @@ class SegmentationModule(L.LightningModule):
         if normalization is None:
             mean, std = encoder_normalization(model, in_channels)
             self.hparams["normalization"] = {"mean": mean, "std": std}
+        if palette is None:
+            self.hparams["palette"] = class_palette(num_classes).tolist()
+        elif len(palette) != num_classes or any(len(c) != 3 or not all(0 <= v <= 255 for v in c) for c in palette):
+            raise ConfigError(f"data.palette={list(palette)}: give one [R, G, B] (0-255) per class ({num_classes}).")
+        self.inference = InferenceSettings.from_config(inference)
         self.loss = build_loss(loss, num_classes, ignore_index, class_weights)
         self.confusion = nn.ModuleDict(
             {stage: confusion_matrix_metric(num_classes, ignore_index) for stage in EVAL_STAGES}
@@ -89,12 +106,17 @@ class SegmentationModule(L.LightningModule):
         norm = self.hparams["normalization"]
         return list(norm["mean"]), list(norm["std"])
 
+    @property
+    def palette(self) -> np.ndarray:
+        """(num_classes, 3) uint8 RGB colour of each class."""
+        return np.asarray(self.hparams["palette"], dtype=np.uint8)
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.net(images)
 
     def _shared_step(self, batch: dict[str, Any], stage: str) -> tuple[torch.Tensor, torch.Tensor | None]:
         images, masks = batch["image"], batch["mask"]
-        logits = self(images)
+        logits = self(images) if stage == "train" else predict_logits(self.net, images, self.inference)
         total, terms = self.loss(logits, masks)
         batch_size = images.shape[0]
         if stage == "train":

@@ -11,7 +11,7 @@ import csv
 import json
 import math
 import statistics
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -112,9 +112,15 @@ def _cell(row: Row, key: str, scale: float = 1.0, digits: int = 3) -> str:
     return f"{mean * scale:.{digits}f}" + ("" if std is None else f" ± {std * scale:.{digits}f}")
 
 
+def markdown_table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
+    """A Markdown table of string cells."""
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    return "\n".join([*lines, *("| " + " | ".join(row) + " |" for row in rows)]) + "\n"
+
+
 def to_markdown(rows: Sequence[Row], columns: Sequence[str]) -> str:
     header = ["run", "model", "loss", "seeds", *(title for title, _ in COSTS.values()), *columns]
-    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    lines = []
     for row in rows:
         first = row.runs[0].choices
         seeds = ",".join(str(run.seed) for run in row.runs)
@@ -127,8 +133,8 @@ def to_markdown(rows: Sequence[Row], columns: Sequence[str]) -> str:
             *costs,
             *(_cell(row, c) for c in columns),
         ]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+        lines.append(cells)
+    return markdown_table(header, lines)
 
 
 def write_csv(path: Path, rows: Sequence[Row], columns: Sequence[str]) -> None:

@@ -15,10 +15,11 @@ import torch
 from matplotlib.patches import Patch
 from omegaconf import OmegaConf, open_dict
 
+from semseg.checkpoint import load_module
 from semseg.module import SegmentationModule
 from semseg.report import Row, Run
 from semseg.train import build_datamodule
-from semseg.visualize import class_palette, colorize, to_display
+from semseg.visualize import colorize, to_display
 
 
 def bar_chart(rows: Sequence[Row], path: Path, metrics: Sequence[str] = ("val/miou", "test/miou")) -> None:
@@ -54,7 +55,7 @@ def _validation_set(run: Run, module: SegmentationModule):
     with open_dict(cfg):
         cfg.data.num_workers = 0
         cfg.data.synthetic = None  # read what is there; never generate from a report
-    datamodule = build_datamodule(cfg, module)
+    datamodule = build_datamodule(cfg.data, module)
     datamodule.setup("validate")
     return datamodule.datasets["val"]
 
@@ -71,7 +72,7 @@ def prediction_grid(runs: Sequence[Run], path: Path, num_images: int = 4, seed: 
         if checkpoint is None:
             notes.append(f"{run.folder}: no checkpoint, left out of the picture")
             continue
-        module = SegmentationModule.load_from_checkpoint(checkpoint, map_location="cpu", weights_only=True).eval()
+        module = load_module(checkpoint)
         dataset = _validation_set(run, module)
         names = [pair[0].stem for pair in dataset.pairs]
         if reference is None:
@@ -88,7 +89,7 @@ def prediction_grid(runs: Sequence[Run], path: Path, num_images: int = 4, seed: 
         return notes
     names, picked, dataset, module = reference
     hp = module.hparams
-    palette = class_palette(hp.num_classes)
+    palette = module.palette
     mean, std = module.normalization
     fig, axes = plt.subplots(len(picked), 2 + len(columns), figsize=(2.2 * (2 + len(columns)), 2.2 * len(picked) + 0.6))
     axes = np.atleast_2d(axes)

@@ -7,6 +7,7 @@ import hashlib
 import logging
 import math
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 import lightning as L
@@ -28,10 +29,10 @@ from semseg.module import SegmentationModule
 log = logging.getLogger(__name__)
 
 # Keys of the data group that are not SegmentationDataModule arguments.
-_DATA_KEYS_FOR_MODULE = ("mean", "std")
+_DATA_KEYS_FOR_MODULE = ("mean", "std", "palette")
 
 
-def _json_safe(metrics: dict[str, float]) -> dict[str, float | None]:
+def json_safe(metrics: dict[str, float]) -> dict[str, float | None]:
     return {k: (None if math.isnan(v) else v) for k, v in metrics.items()}
 
 
@@ -46,6 +47,9 @@ def build_module(cfg: DictConfig, class_weights: list[float] | None = None) -> S
     if data.get("mean") is not None and data.get("std") is not None:
         normalization = {"mean": list(data.mean), "std": list(data.std)}
     container = OmegaConf.to_container(cfg, resolve=True)
+    # The checkpoint keeps the data config with an absolute root, so eval.py finds the data from
+    # any working directory.
+    container["data"]["root"] = str(Path(data.root).resolve())
     return SegmentationModule(
         model=container["model"],
         loss=container["loss"],
@@ -58,14 +62,21 @@ def build_module(cfg: DictConfig, class_weights: list[float] | None = None) -> S
         class_weights=class_weights,
         normalization=normalization,
         boundary_width=cfg.metrics.boundary_width,
+        palette=container["data"].get("palette"),
+        inference=container.get("inference"),
+        data=container["data"],
     )
 
 
-def build_datamodule(cfg: DictConfig, module: SegmentationModule) -> SegmentationDataModule:
-    """The data module for ``cfg.data``, normalising inputs as ``module`` expects."""
-    kwargs = {k: v for k, v in OmegaConf.to_container(cfg.data, resolve=True).items() if k not in _DATA_KEYS_FOR_MODULE}
+def build_datamodule(
+    data: DictConfig | Mapping, module: SegmentationModule, seed: int | None = None
+) -> SegmentationDataModule:
+    """The data module for a ``data`` config, normalising inputs as ``module`` expects."""
+    if isinstance(data, DictConfig):
+        data = OmegaConf.to_container(data, resolve=True)
+    kwargs = {k: v for k, v in data.items() if k not in _DATA_KEYS_FOR_MODULE}
     mean, std = module.normalization
-    return SegmentationDataModule(**kwargs, mean=mean, std=std, seed=cfg.get("seed"))
+    return SegmentationDataModule(**kwargs, mean=mean, std=std, seed=seed)
 
 
 def _log_class_weights(spec: object, class_names: list[str], weights: list[float] | None) -> None:
@@ -117,7 +128,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if rank_zero_only.rank == 0:
         write_json_atomic(output_dir / "data_report.json", report.to_json())
     module = build_module(cfg, class_weights)
-    datamodule = build_datamodule(cfg, module)
+    datamodule = build_datamodule(cfg.data, module, cfg.get("seed"))
     logger = build_logger(cfg.get("logger"), run_identity(cfg), wandb_run_id(cfg.get("ckpt_path")))
     try:
         with ranks_run_this_job():
@@ -126,7 +137,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         finish_logger(logger, exit_code=1)
         raise
     if rank_zero_only.rank == 0:
-        write_json_atomic(output_dir / "metrics.json", _json_safe(metrics))
+        write_json_atomic(output_dir / "metrics.json", json_safe(metrics))
         write_json_atomic(output_dir / "run_info.json", run_info)
     finish_logger(logger, summary={"val/miou_best": metrics.get("val/miou"), **run_info})
     return metrics
@@ -143,14 +154,15 @@ def _fit_and_evaluate(
         each.log_hyperparams({"params": run_info["params"], "gflops": run_info["gflops"]})
 
     started = time.perf_counter()
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    # weights_only: resuming never runs code from the checkpoint file.
+    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
     run_info |= {"train_time_s": round(time.perf_counter() - started, 1), "epochs": trainer.current_epoch}
 
     checkpoint = next((c for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint)), None)
     best = checkpoint.best_model_path if checkpoint and checkpoint.best_model_path else None
     # Re-validating the best checkpoint gives every val/* metric at the best epoch, not only the
     # monitored one.
-    metrics = dict(trainer.validate(module, datamodule=datamodule, ckpt_path=best, verbose=False)[0])
+    metrics = dict(trainer.validate(module, datamodule=datamodule, ckpt_path=best, verbose=False, weights_only=True)[0])
     if cfg.get("run_test", True) and datamodule.has_test_split:
-        metrics.update(trainer.test(module, datamodule=datamodule, ckpt_path=best)[0])
+        metrics.update(trainer.test(module, datamodule=datamodule, ckpt_path=best, weights_only=True)[0])
     return {k: float(v) for k, v in metrics.items()}, run_info

@@ -148,13 +148,20 @@ class SegmentationDataModule(L.LightningDataModule):
         if stage in (None, "test") and self.has_test_split:
             self.datasets["test"] = self._dataset("test")
 
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+    def evaluation_dataloader(self, split: str) -> DataLoader:
+        """Any labelled split, in order, with the evaluation transform (no augmentation): what
+        eval.py scores, including ``split=train``."""
+        pairs = list_pairs(self.root, split, require_masks=True)
+        dataset = SegmentationDataset(pairs, self.encoder, self.in_channels, self.eval_transform, self.ignore_index)
+        return self._loader(dataset, shuffle=False)
+
+    def _loader(self, dataset: SegmentationDataset, shuffle: bool) -> DataLoader:
         workers = self.num_workers
         return DataLoader(
-            self.datasets[split],
+            dataset,
             batch_size=self.batch_size,
             shuffle=shuffle,
-            drop_last=shuffle and len(self.datasets[split]) > self.batch_size,
+            drop_last=shuffle and len(dataset) > self.batch_size,
             num_workers=workers,
             collate_fn=_Collate(self.ignore_index),
             # Pinned host memory lets the copy to the GPU overlap compute (non_blocking).
@@ -165,12 +172,12 @@ class SegmentationDataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
+        return self._loader(self.datasets["train"], shuffle=True)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
+        return self._loader(self.datasets["val"], shuffle=False)
 
     def test_dataloader(self) -> DataLoader:
         if "test" not in self.datasets:
             raise DataError(f"no labelled test split: {self.root / 'masks' / 'test'} is missing.")
-        return self._loader("test", shuffle=False)
+        return self._loader(self.datasets["test"], shuffle=False)

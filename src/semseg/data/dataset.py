@@ -31,7 +31,7 @@ def resolve_class_names(num_classes: int, class_names: list[str] | None) -> list
     return names
 
 
-def _index_files(folder: Path) -> tuple[dict[str, Path], list[Problem]]:
+def index_images(folder: Path) -> tuple[dict[str, Path], list[Problem]]:
     """Maps stem -> path for the image files directly in ``folder``; two files of one stem are a problem.
 
     os.scandir reads names and types in one system call per directory block, which keeps a
@@ -60,7 +60,7 @@ def _index_files(folder: Path) -> tuple[dict[str, Path], list[Problem]]:
 def has_split(root: str | os.PathLike, split: str) -> bool:
     """True when ``root/images/<split>`` holds at least one image (the test split is optional)."""
     folder = Path(root) / "images" / split
-    return folder.is_dir() and bool(_index_files(folder)[0])
+    return folder.is_dir() and bool(index_images(folder)[0])
 
 
 def find_pairs(
@@ -77,7 +77,7 @@ def find_pairs(
     if not image_dir.is_dir():
         fix = f"data.root must hold images/{{train,val,test}} and masks/{{train,val,test}} (data.root={root})."
         return [], [Problem(str(image_dir), "no such folder.", fix)]
-    images, problems = _index_files(image_dir)
+    images, problems = index_images(image_dir)
     if not images:
         problems.append(Problem(str(image_dir), "holds no images.", f"add {', '.join(IMAGE_EXTENSIONS)} files."))
         return [], problems
@@ -88,7 +88,7 @@ def find_pairs(
             )
             return [], problems
         return [(images[s], None) for s in sorted(images)], problems
-    masks, mask_problems = _index_files(mask_dir)
+    masks, mask_problems = index_images(mask_dir)
     problems += mask_problems
     for stem in sorted(images.keys() - masks.keys()):
         problems.append(

@@ -50,7 +50,9 @@ class SegmentationNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         height, width = x.shape[-2:]
         bottom, right = -height % self.stride, -width % self.stride
-        if bottom or right:
+        # Exported graphs (ONNX, torch.export) always pad: a branch on the size would fix the
+        # graph to the example input's case, and padding by 0 is a no-op.
+        if torch.compiler.is_exporting() or bottom or right:
             # Replicate rather than zero-pad: the border context looks like the image, not a wall.
             x = F.pad(x, (0, right, 0, bottom), mode="replicate")
         if self.channels_last:

@@ -1,0 +1,19 @@
+"""Evaluate a checkpoint: `python scripts/eval.py ckpt_path=... [split=test] [data overrides]`
+(see conf/eval.yaml). Prints and saves the metrics and a per-class table."""
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from semseg.cli import exit_on_user_error
+from semseg.evaluate import evaluate
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="eval")
+@exit_on_user_error
+def main(cfg: DictConfig) -> None:
+    evaluate(cfg, HydraConfig.get().overrides.task)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,18 @@
+"""Export a checkpoint: `python scripts/export.py ckpt_path=... format=onnx [output=...]`
+(see conf/export.yaml). The export is checked against PyTorch before it is written."""
+
+import hydra
+from omegaconf import DictConfig
+
+from semseg.cli import exit_on_user_error
+from semseg.export import export
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="export")
+@exit_on_user_error
+def main(cfg: DictConfig) -> None:
+    export(cfg)
+
+
+if __name__ == "__main__":
+    main()

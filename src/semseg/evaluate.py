@@ -1,0 +1,137 @@
+"""evaluate(cfg): a checkpoint's contract metrics on one split, and a per-class table."""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import lightning as L
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from semseg.checkpoint import load_module
+from semseg.errors import ConfigError
+from semseg.files import atomic_path, write_json_atomic
+from semseg.inference import InferenceSettings
+from semseg.module import SegmentationModule
+from semseg.report import markdown_table
+from semseg.train import build_datamodule, json_safe
+
+log = logging.getLogger(__name__)
+
+PER_CLASS_COLUMNS = ("class", "iou", "dice", "precision", "recall", "target_pixels", "predicted_pixels")
+
+
+def data_config(cfg: DictConfig, module: SegmentationModule, overrides: Sequence[str]) -> dict:
+    """The data to evaluate on: the checkpoint's training data config, with the ``data.<key>=``
+    overrides given on the command line; ``data=<name>`` replaces it with that config.
+
+    Args:
+        cfg: the composed ``conf/eval.yaml``.
+        module: the checkpoint's module (its ``data`` hyper-parameter).
+        overrides: the command line's overrides (``HydraConfig.get().overrides.task``).
+    """
+    keys = [o.split("=", 1)[0].lstrip("+~") for o in overrides]
+    trained_on = module.hparams.get("data")
+    if "data" in keys or trained_on is None:
+        return OmegaConf.to_container(cfg.data, resolve=True)
+    data = OmegaConf.create(dict(trained_on))
+    for key in keys:
+        if key.startswith("data."):
+            # The composed config holds the override's parsed value (Hydra's override grammar).
+            OmegaConf.update(data, key.removeprefix("data."), OmegaConf.select(cfg, key), force_add=True)
+    return OmegaConf.to_container(data, resolve=True)
+
+
+def _check_fits(data: Mapping, module: SegmentationModule) -> None:
+    hp = module.hparams
+    if data["num_classes"] != hp.num_classes or data.get("in_channels", 3) != hp.in_channels:
+        raise ConfigError(
+            f"the checkpoint was trained on {hp.num_classes} classes ({', '.join(hp.class_names)}) of "
+            f"{hp.in_channels}-channel images, but data.num_classes={data['num_classes']} and "
+            f"data.in_channels={data.get('in_channels', 3)}: evaluate on data with the same classes "
+            "(the data overrides used in training, or none to use the checkpoint's own data config)."
+        )
+
+
+def per_class_rows(confusion: torch.Tensor, class_names: Sequence[str]) -> list[dict]:
+    """IoU, Dice, precision, recall and pixel counts per class from a (C, C) confusion matrix
+    (rows target, columns prediction); NaN where a score has no pixel to stand on."""
+    confusion = confusion.double()
+    tp, target, predicted = confusion.diag(), confusion.sum(1), confusion.sum(0)
+
+    def ratio(num: torch.Tensor, den: torch.Tensor) -> list[float]:
+        return [n / d if d > 0 else math.nan for n, d in zip(num.tolist(), den.tolist(), strict=True)]
+
+    columns = {
+        "iou": ratio(tp, target + predicted - tp),
+        "dice": ratio(2 * tp, target + predicted),
+        "precision": ratio(tp, predicted),
+        "recall": ratio(tp, target),
+    }
+    return [
+        {
+            "class": name,
+            **{k: v[i] for k, v in columns.items()},
+            "target_pixels": int(target[i]),
+            "predicted_pixels": int(predicted[i]),
+        }
+        for i, name in enumerate(class_names)
+    ]
+
+
+def _write_per_class(rows: list[dict], folder: Path) -> str:
+    with atomic_path(folder / "per_class.csv") as tmp, tmp.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=PER_CLASS_COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    cells = [[f"{v:.4f}" if isinstance(v, float) else str(v) for v in row.values()] for row in rows]
+    markdown = markdown_table(PER_CLASS_COLUMNS, cells)
+    with atomic_path(folder / "per_class.md") as tmp:
+        tmp.write_text(markdown)
+    return markdown
+
+
+def evaluate(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict[str, float]:
+    """Scores ``cfg.ckpt_path`` on ``cfg.split`` with the ``inference`` settings.
+
+    Writes ``metrics.json`` (contract names under ``<split>/``), ``per_class.csv``/``.md`` and
+    ``confusion_matrix.csv`` (rows target, columns prediction) into ``cfg.output_dir``.
+
+    Args:
+        cfg: the composed ``conf/eval.yaml``.
+        overrides: the command line's overrides, to tell which data keys were given.
+    """
+    split = cfg.split
+    if split not in ("train", "val", "test"):
+        raise ConfigError(f"split={split}: evaluate one of train, val, test.")
+    module = load_module(cfg.ckpt_path)
+    module.inference = InferenceSettings.from_config(cfg.get("inference"))
+    data = data_config(cfg, module, overrides)
+    _check_fits(data, module)
+    data["synthetic"] = None  # evaluate what is there; generating data is training's business
+    log.info(f"evaluating {cfg.ckpt_path} on the {split} split of {data['root']} ({module.inference})")
+    loader = build_datamodule(data, module).evaluation_dataloader(split)
+
+    trainer = L.Trainer(**cfg.trainer, logger=False, enable_checkpointing=False, default_root_dir=cfg.output_dir)
+    # The module's test stage computes the contract metrics; they are renamed to the split's.
+    raw = trainer.test(module, dataloaders=loader, verbose=False)[0]
+    metrics = {f"{split}/{k.removeprefix('test/')}": float(v) for k, v in raw.items()}
+
+    output_dir = Path(cfg.output_dir)
+    class_names = list(module.hparams.class_names)
+    confusion = module.last_confusion["test"]
+    markdown = _write_per_class(per_class_rows(confusion, class_names), output_dir)
+    with atomic_path(output_dir / "confusion_matrix.csv") as tmp, tmp.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["target \\ prediction", *class_names])
+        writer.writerows([name, *row] for name, row in zip(class_names, confusion.long().tolist(), strict=True))
+    write_json_atomic(output_dir / "metrics.json", json_safe(metrics))
+    summary = ", ".join(
+        f"{k} {metrics[f'{split}/{k}']:.4f}" for k in ("miou", "dice", "pixel_acc") if f"{split}/{k}" in metrics
+    )
+    print(f"{split}: {summary}\n\n{markdown}\n\nwritten to {output_dir}")
+    return metrics
