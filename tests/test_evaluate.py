@@ -57,16 +57,16 @@ def iou_from_pngs(predicted: Path, truth: Path, num_classes: int) -> tuple[float
     return float(np.mean(tp[union > 0] / union[union > 0])), float(tp.sum() / confusion.sum())
 
 
-@pytest.mark.parametrize("inference", ["whole", "tta"])
+@pytest.mark.parametrize("inference", [["inference=whole"], ["inference=tta", "inference.scales=[0.75,1.0]"]])
 def test_eval_numbers_match_metrics_recomputed_from_predicted_pngs(trained_run, tiny_root, tmp_path, inference):
-    metrics = evaluate(eval_cfg(trained_run, tmp_path / "eval", f"inference={inference}"))
+    metrics = evaluate(eval_cfg(trained_run, tmp_path / "eval", *inference))
     cfg = compose_named(
         "predict",
         [
             f"ckpt_path={trained_run / 'checkpoints' / 'best.ckpt'}",
             f"input={tiny_root / 'images' / 'test'}",
             f"output={tmp_path / 'pred'}",
-            f"inference={inference}",
+            *inference,
             "device=cpu",
         ],
     )

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-import tempfile
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -18,7 +17,7 @@ from torch import nn
 
 from semseg.checkpoint import load_module
 from semseg.errors import ConfigError
-from semseg.files import atomic_path
+from semseg.files import atomic_path, staging_path
 from semseg.module import SegmentationModule
 
 log = logging.getLogger(__name__)
@@ -225,8 +224,8 @@ def export(cfg: DictConfig) -> dict:
     metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else None
 
     if cfg.format == "smp":
-        output.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent.resolve()))
+        staging = staging_path(output)
+        staging.mkdir()
         try:
             difference = export_smp(module, staging, metrics)
             _check(difference, cfg.tolerance, output)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -17,15 +17,20 @@ def atomic_path(path: Path) -> Iterator[Path]:
 
     The temporary name keeps ``path``'s suffix, for writers that pick the format from it.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
+    tmp = staging_path(path)
     try:
-        yield Path(tmp)
+        yield tmp
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
+
+
+def staging_path(path: Path) -> Path:
+    """A unique hidden name beside ``path`` (its parent created), keeping its suffix. Unlike
+    ``tempfile.mkstemp`` (mode 0600), whatever is written there gets the usual permissions."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path.parent / f".{path.stem}.{os.getpid()}.{uuid.uuid4().hex[:8]}{path.suffix}"
 
 
 def write_json_atomic(path: Path, payload: dict) -> None:

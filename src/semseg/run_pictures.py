@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -14,20 +12,17 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
+from semseg.files import atomic_path
 from semseg.visualize import colorize
 
 
 def save_figure(fig: plt.Figure, path: Path) -> None:
-    """Saves beside ``path`` and renames into place: a reader never sees half a PNG."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png", dir=path.parent)
-    os.close(fd)
+    """Saves atomically (a reader never sees half a PNG) and closes the figure."""
     try:
-        fig.savefig(tmp, dpi=100)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=100)
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def overlay_grid(shown: Sequence, palette: np.ndarray, ignore_index: int, path: Path) -> None:
