@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import cv2
@@ -107,3 +109,33 @@ def test_a_split_without_masks_is_refused(trained_run, tiny_root, tmp_path):
     overrides = [f"data.root={other}"]
     with pytest.raises(DataError, match=r"masks/test: no such folder"):
         evaluate(eval_cfg(trained_run, tmp_path / "eval", *overrides), overrides)
+
+
+def test_the_scripts_run_from_the_command_line(trained_run, tiny_root, tmp_path):
+    """eval.py reads the data overrides from Hydra's command line; predict.py refuses to overwrite
+    with one clear line and exit 2, no traceback."""
+    root = Path(__file__).resolve().parents[1]
+    checkpoint = trained_run / "checkpoints" / "best.ckpt"
+    run = tmp_path / "eval"
+    result = subprocess.run(
+        [sys.executable, str(root / "scripts" / "eval.py"), f"ckpt_path={checkpoint}", "trainer=cpu",
+         "split=val", "data.num_workers=0", f"hydra.run.dir={run}"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "| speck |" in result.stdout
+    assert json.loads((run / "metrics.json").read_text())["val/miou"] == pytest.approx(
+        json.loads((trained_run / "metrics.json").read_text())["val/miou"], abs=1e-6
+    )
+
+    out = tmp_path / "pred"
+    (out / "masks").mkdir(parents=True)
+    (out / "masks" / "test_00000.png").write_bytes(b"keep me")
+    result = subprocess.run(
+        [sys.executable, str(root / "scripts" / "predict.py"), f"ckpt_path={checkpoint}",
+         f"input={tiny_root / 'images' / 'test'}", f"output={out}", f"hydra.run.dir={tmp_path / 'log'}"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "1 output file(s) exist already" in result.stderr and "overwrite=true" in result.stderr
+    assert (out / "masks" / "test_00000.png").read_bytes() == b"keep me"
