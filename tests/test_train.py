@@ -15,8 +15,9 @@ import pytest
 import torch
 from omegaconf import open_dict
 
-from semseg.errors import ConfigError
+from semseg.errors import ConfigError, TrainingDiverged
 from semseg.models import count_gflops
+from semseg.module import SegmentationModule
 from semseg.train import build_module, train
 from tests import wandb_records
 from tests.conftest import CONF_DIR
@@ -233,3 +234,24 @@ def test_the_same_seed_gives_the_same_run_with_loader_workers(make_cfg):
     first = train(make_cfg(*overrides))
     assert train(make_cfg(*overrides)) == first
     assert train(make_cfg(*overrides, "seed=1"))["val/loss"] != first["val/loss"]
+
+
+def test_a_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(make_cfg, monkeypatch):
+    first = make_cfg()
+    train(first)
+    last = Path(first.output_dir) / "checkpoints" / "last.ckpt"
+    good, metrics = last.read_bytes(), (Path(first.output_dir) / "metrics.json").read_text()
+
+    original = SegmentationModule._shared_step
+
+    def diverging(self, batch, stage):  # the loss of every training batch becomes NaN
+        loss, preds = original(self, batch, stage)
+        return (loss * float("nan") if stage == "train" else loss), preds
+
+    monkeypatch.setattr(SegmentationModule, "_shared_step", diverging)
+    resumed = make_cfg("trainer.max_epochs=3", f"ckpt_path={last}")
+    diverged = r"became NaN or infinite \(epoch 1, step 3\).*last good checkpoint is untouched"
+    with pytest.raises(TrainingDiverged, match=diverged):
+        train(resumed)
+    assert last.read_bytes() == good
+    assert (Path(resumed.output_dir) / "metrics.json").read_text() == metrics  # not rewritten

@@ -21,6 +21,10 @@ class ConfigError(SemsegError):
     """A configuration problem (a key, a name, an incompatible choice)."""
 
 
+class TrainingDiverged(SemsegError):
+    """The training loss became NaN or infinite; training stopped before saving such weights."""
+
+
 @dataclass(frozen=True)
 class Problem:
     """One thing wrong with a data set: where, what, and how to fix it."""

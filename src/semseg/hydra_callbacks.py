@@ -1,4 +1,5 @@
-"""Hydra callbacks: the end-of-sweep report of the jobs that failed."""
+"""Hydra callbacks: credentials refused before anything is saved; the end-of-sweep report of the
+jobs that failed."""
 
 from __future__ import annotations
 
@@ -8,9 +9,32 @@ from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
+
+from semseg.secrets import find_secrets, secrets_message
 
 FAILED_FILE = "failed.json"  # written into a job's folder when the job fails in a multirun
+
+
+class RefuseSecrets(Callback):
+    """Stops a run or sweep whose config holds a credential, before Hydra saves the config.
+
+    Hydra writes .hydra/config.yaml before the job starts, so a check inside the job would come too
+    late; these hooks run before any job.
+    """
+
+    def _check(self, config: DictConfig) -> None:
+        task = OmegaConf.masked_copy(config, [k for k in config if k != "hydra"])
+        paths = find_secrets(task)
+        if paths:
+            print(f"error: {secrets_message(paths)}", file=sys.stderr)
+            sys.exit(2)
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._check(config)
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._check(config)
 
 
 class ReportFailedJobs(Callback):

@@ -13,7 +13,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.loggers import WandbLogger
 from torch import nn
 
-from semseg.errors import ConfigError
+from semseg.errors import ConfigError, TrainingDiverged
 from semseg.inference import InferenceSettings, predict_logits
 from semseg.loggers import WANDB_RUN_ID_KEY
 from semseg.losses import build_loss
@@ -87,6 +87,9 @@ class SegmentationModule(L.LightningModule):
             {stage: BoundaryIoU(num_classes, ignore_index, boundary_width) for stage in EVAL_STAGES}
         )
         self._compiled = False
+        # Non-finite training losses seen since the last check: counted on the device, so no
+        # step waits for the GPU; read every log_every_n_steps and before any checkpoint is saved.
+        self.register_buffer("_nonfinite_losses", torch.zeros((), dtype=torch.long), persistent=False)
         self.last_confusion: dict[str, torch.Tensor] = {}  # of the latest val/test epoch, for pictures
 
     def configure_model(self) -> None:
@@ -135,7 +138,29 @@ class SegmentationModule(L.LightningModule):
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         self.log("train/lr", self.optimizers().param_groups[0]["lr"], on_step=True, batch_size=batch["image"].shape[0])
-        return self._shared_step(batch, "train")[0]
+        loss = self._shared_step(batch, "train")[0]
+        self._nonfinite_losses += (~torch.isfinite(loss.detach())).long()
+        return loss
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if (self.trainer.global_step % max(1, self.trainer.log_every_n_steps)) == 0:
+            self._stop_if_diverged()
+
+    def _stop_if_diverged(self) -> None:
+        """Raises ``TrainingDiverged`` once a non-finite training loss was seen (a host-device sync:
+        called every ``log_every_n_steps``, when Lightning's logging syncs anyway, and before saving)."""
+        if self._nonfinite_losses.item() == 0:
+            return
+        trainer = self.trainer
+        saved = trainer.checkpoint_callback.last_model_path if trainer.checkpoint_callback else ""
+        resume = "Restart with "
+        if saved:
+            resume = f"The last good checkpoint is untouched: {saved}; resume from it with ckpt_path={saved} and "
+        raise TrainingDiverged(
+            f"train/loss became NaN or infinite (epoch {trainer.current_epoch}, step {trainer.global_step}); "
+            f"training stopped before saving such weights. {resume}a smaller optimizer.lr, "
+            "trainer.gradient_clip_val=1.0, or trainer.precision=32-true / bf16-mixed instead of 16-mixed."
+        )
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, torch.Tensor]:
         _, preds = self._shared_step(batch, "val")
@@ -163,6 +188,7 @@ class SegmentationModule(L.LightningModule):
         self._log_scores("test")
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._stop_if_diverged()  # never overwrite a good checkpoint with NaN weights
         # The W&B run travels with the checkpoint: resuming from it continues that run.
         for logger in self.loggers:
             if isinstance(logger, WandbLogger):
