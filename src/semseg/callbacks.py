@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from semseg.visualize import to_display
 
@@ -165,3 +166,29 @@ class ValidationPictures(L.Callback):
                 "wandb/confusion_matrix/v1", table, fields, {"title": "validation confusion matrix"}
             )
         logger.experiment.log({**row, "trainer/global_step": step})
+
+
+class CheckpointOnSigterm(L.Callback):
+    """Saves ``last.ckpt`` when the run is stopped by SIGTERM (SLURM sends it before pre-emption);
+    the next run in the same folder resumes from it (``resume: auto``).
+
+    Lightning turns SIGTERM into ``SIGTERMException`` at the next batch, so the saved state is
+    consistent (mid-epoch). Not Lightning's ``OnExceptionCheckpoint``: that one saves on any
+    exception, and a crash may leave a state not worth keeping (NaN weights); and its presence makes
+    every ``fit`` resume from the newest checkpoint, which would override ``resume: false``.
+
+    Args:
+        dirpath: the checkpoint folder.
+        filename: the checkpoint's name, without ``.ckpt``.
+    """
+
+    def __init__(self, dirpath: str | Path, filename: str = "last"):
+        self.path = Path(dirpath) / f"{filename}.ckpt"
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        epochs = trainer.fit_loop.epoch_progress.current
+        # Stopped between epochs (Lightning checks after counting the epoch complete): the
+        # ModelCheckpoint's last.ckpt of that epoch is the state to resume from; a save now would
+        # count the finished epoch twice on resume.
+        if isinstance(exception, SIGTERMException) and epochs.completed < epochs.started:
+            trainer.save_checkpoint(self.path)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -152,9 +153,9 @@ class SegmentationModule(L.LightningModule):
         if self._nonfinite_losses.item() == 0:
             return
         trainer = self.trainer
-        saved = trainer.checkpoint_callback.last_model_path if trainer.checkpoint_callback else ""
+        saved = Path(trainer.default_root_dir) / "checkpoints" / "last.ckpt"
         resume = "Restart with "
-        if saved:
+        if saved.is_file():
             resume = f"The last good checkpoint is untouched: {saved}; resume from it with ckpt_path={saved} and "
         raise TrainingDiverged(
             f"train/loss became NaN or infinite (epoch {trainer.current_epoch}, step {trainer.global_step}); "

@@ -13,7 +13,9 @@ from pathlib import Path
 import lightning as L
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from semseg.class_weights import resolve_class_weights
@@ -129,10 +131,21 @@ def train(cfg: DictConfig) -> dict[str, float]:
         write_json_atomic(output_dir / "data_report.json", report.to_json())
     module = build_module(cfg, class_weights)
     datamodule = build_datamodule(cfg.data, module, cfg.get("seed"))
-    logger = build_logger(cfg.get("logger"), run_identity(cfg), wandb_run_id(cfg.get("ckpt_path")))
+    ckpt_path = resume_checkpoint(cfg)
+    logger = build_logger(cfg.get("logger"), run_identity(cfg), wandb_run_id(ckpt_path))
     try:
         with ranks_run_this_job():
-            metrics, run_info = _fit_and_evaluate(cfg, module, datamodule, logger, report)
+            metrics, run_info = _fit_and_evaluate(cfg, module, datamodule, logger, report, ckpt_path)
+    except SIGTERMException:
+        last = output_dir / "checkpoints" / "last.ckpt"
+        log.warning(
+            f"stopped by SIGTERM: the training state is saved in {last}. Run the same command in the same "
+            f"run folder to continue (resume=auto), or pass ckpt_path={last}."
+        )
+        if isinstance(logger, WandbLogger):
+            logger.experiment.mark_preempting()  # W&B shows the run as pre-empted, to be resumed
+        finish_logger(logger, exit_code=1)
+        raise SystemExit(0) from None  # a clean stop: the requeued job carries on
     except BaseException:
         finish_logger(logger, exit_code=1)
         raise
@@ -143,8 +156,25 @@ def train(cfg: DictConfig) -> dict[str, float]:
     return metrics
 
 
+def resume_checkpoint(cfg: DictConfig) -> str | None:
+    """The checkpoint training starts from: ``ckpt_path``; else, with ``resume: auto``, the run
+    folder's ``checkpoints/last.ckpt`` when there is one (a requeued or re-run job); else none."""
+    if cfg.get("ckpt_path"):
+        return str(cfg.ckpt_path)
+    last = Path(cfg.output_dir) / "checkpoints" / "last.ckpt"
+    if cfg.get("resume", "auto") == "auto" and last.is_file():
+        log.info(f"resuming from {last} (resume=auto; resume=false starts over)")
+        return str(last)
+    return None
+
+
 def _fit_and_evaluate(
-    cfg: DictConfig, module: SegmentationModule, datamodule: SegmentationDataModule, logger, report: DataReport
+    cfg: DictConfig,
+    module: SegmentationModule,
+    datamodule: SegmentationDataModule,
+    logger,
+    report: DataReport,
+    ckpt_path: str | None,
 ) -> tuple[dict[str, float], dict]:
     """Fits, then validates (and tests) the best checkpoint; returns its metrics and the run's costs."""
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
@@ -155,10 +185,10 @@ def _fit_and_evaluate(
 
     started = time.perf_counter()
     # weights_only: resuming never runs code from the checkpoint file.
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     run_info |= {"train_time_s": round(time.perf_counter() - started, 1), "epochs": trainer.current_epoch}
 
-    checkpoint = next((c for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint)), None)
+    checkpoint = next((c for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint) and c.monitor), None)
     best = checkpoint.best_model_path if checkpoint and checkpoint.best_model_path else None
     # Re-validating the best checkpoint gives every val/* metric at the best epoch, not only the
     # monitored one.
