@@ -75,7 +75,8 @@ def make_cfg(tiny_root: Path, tmp_path: Path):
 
     def make(*overrides: str, root: Path | None = None, pictures: bool = False) -> DictConfig:
         cheap = [o for o in CHEAP if not (pictures and o == NO_PICTURES)]
-        cfg = compose_cfg([*cheap, f"data.root={root or tiny_root}", *overrides])
+        # resume=false: tests that train twice into one folder mean two fresh runs.
+        cfg = compose_cfg([*cheap, "resume=false", f"data.root={root or tiny_root}", *overrides])
         with open_dict(cfg):
             cfg.output_dir = str(tmp_path / "run")
             cfg.data.synthetic = None  # the fixture generated it already
