@@ -67,3 +67,9 @@ def test_bilinear_kernel_is_separable_and_normalised():
 def test_unknown_variant_is_refused_with_the_valid_ones():
     with pytest.raises(ConfigError, match=r"32s, 16s, 8s"):
         fcn("4s")
+
+
+def test_an_encoder_depth_fcn_cannot_use_is_refused_with_the_reason():
+    cfg = {"arch": "fcn", "encoder_name": "resnet18", "encoder_weights": None, "kwargs": {"encoder_depth": 3}}
+    with pytest.raises(ConfigError, match=r"model.arch=fcn .*encoder_depth=3: FCN scores the stride-32 features"):
+        build_model(cfg, in_channels=3, num_classes=2)

@@ -127,9 +127,25 @@ class FCN(SegmentationModel):
         super().__init__()
         if variant not in VARIANTS:
             raise ValueError(f"FCN variant '{variant}' is not one of {list(VARIANTS)}")
+        if kwargs.get("encoder_depth", ENCODER_DEPTH) != ENCODER_DEPTH:
+            # smp's get_encoder would take the keyword and silently build 5 stages anyway.
+            raise ValueError(
+                f"encoder_depth={kwargs['encoder_depth']}: FCN scores the stride-32 features of a "
+                f"{ENCODER_DEPTH}-stage encoder (and fuses stride 16 and 8 for 16s/8s); leave encoder_depth out"
+            )
         self.encoder = get_encoder(
-            encoder_name, in_channels=in_channels, depth=ENCODER_DEPTH, weights=encoder_weights, **kwargs
+            encoder_name,
+            in_channels=in_channels,
+            depth=ENCODER_DEPTH,
+            weights=encoder_weights,
+            **{k: v for k, v in kwargs.items() if k != "encoder_depth"},
         )
+        stages = len(self.encoder.out_channels) - 1  # out_channels lists the input, then each stage
+        if stages < ENCODER_DEPTH:
+            raise ValueError(
+                f"encoder {encoder_name} has {stages} stages; FCN-{variant} needs {ENCODER_DEPTH} "
+                "(features down to stride 32). Choose a deeper encoder (resnet*, vgg*, efficientnet-*, ...)"
+            )
         self.decoder = FCNDecoder(self.encoder.out_channels, classes, variant, decoder_channels, decoder_dropout)
         self.segmentation_head = FCNHead(factor=VARIANTS[variant][-1])
         self.classification_head = None
