@@ -48,15 +48,23 @@ def _device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def predict_mask(module: SegmentationModule, image: np.ndarray, settings: InferenceSettings) -> np.ndarray:
-    """(H, W) uint8 class indices of an (H, W, C) uint8 image, at the image's own size.
-
-    The image goes through the evaluation transform of training (resize to the training
-    ``image_size`` if it had one, normalisation), so predictions match eval.py's.
-    """
+def evaluation_transform(module: SegmentationModule):
+    """Training's evaluation transform for ``module``'s inputs (resize to the training
+    ``image_size`` if it had one, normalisation), so predictions match eval.py's."""
     mean, std = module.normalization
     input_size = (module.hparams.get("data") or {}).get("image_size")
-    transform = build_transforms(train=False, mean=mean, std=std, image_size=input_size)
+    return build_transforms(train=False, mean=mean, std=std, image_size=input_size)
+
+
+def predict_mask(
+    module: SegmentationModule, image: np.ndarray, settings: InferenceSettings, transform=None
+) -> np.ndarray:
+    """(H, W) uint8 class indices of an (H, W, C) uint8 image, at the image's own size.
+
+    ``transform``: ``evaluation_transform(module)``, built once per folder by the caller.
+    """
+    if transform is None:
+        transform = evaluation_transform(module)
     pixels = transform(image=image)["image"][None]
     logits = predict_logits(module.net, pixels, settings)
     height, width = image.shape[:2]
@@ -128,6 +136,7 @@ def predict(cfg: DictConfig) -> dict:
     hp = module.hparams
     log.info(f"predicting {len(todo)} image(s) of {cfg.input} into {output} ({len(plan) - len(todo)} done already)")
 
+    transform = evaluation_transform(module)
     failed: list[Problem] = []
     for image_path, outputs in tqdm(todo.items(), desc="predict", unit="image", disable=len(todo) < 2):
         try:
@@ -137,7 +146,7 @@ def predict(cfg: DictConfig) -> dict:
                 Problem(str(image_path), str(error).removeprefix(f"{image_path}: "), "fix or remove the file.")
             )
             continue
-        mask = predict_mask(module, image, settings)
+        mask = predict_mask(module, image, settings, transform)
         colour = colorize(mask, module.palette)
         pictures = {"masks": mask, "colour": colour}
         if "overlay" in kinds:
