@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 ARGS ?=
 
-.PHONY: install train test test-all lint clean
+.PHONY: install train test test-all bench lint clean
 
 install: $(VENV)/.installed
 
@@ -23,6 +23,9 @@ test: install
 
 test-all: install
 	$(PY) -m pytest -q -m "slow or not slow"
+
+bench: install
+	$(PY) scripts/benchmark.py $(ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check src scripts tests

@@ -157,9 +157,10 @@ def test_unreadable_files_jpeg_masks_and_truncated_images(tmp_path: Path):
     found = {Path(p.file).name: p for p in inspect(root, label_map={0: 0, 255: 1}).problems}
     assert "cannot be read" in found["train0.png"].problem
     assert "store masks as PNG" in found["val0.jpg"].fix
-    assert "train1.png" not in found  # the fast path reads image headers only
+    # The fast path reads image headers, and the file's end: a PNG without its IEND chunk is cut short.
+    assert "is truncated: the PNG file ends before its image data does" in found["train1.png"].problem
     full = {Path(p.file).name: p for p in inspect(root, label_map={0: 0, 255: 1}, full=True).problems}
-    assert "cannot be read" in full["train1.png"].problem
+    assert "is truncated" in full["train1.png"].problem
 
 
 def test_images_that_opencv_converts_are_warned_and_impossible_channels_refused(tmp_path: Path):

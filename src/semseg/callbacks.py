@@ -11,13 +11,16 @@ segmentation pictures, hence this one.
 from __future__ import annotations
 
 import math
+import signal
 from dataclasses import dataclass
 from pathlib import Path
 
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
@@ -192,3 +195,33 @@ class CheckpointOnSigterm(L.Callback):
         # count the finished epoch twice on resume.
         if isinstance(exception, SIGTERMException) and epochs.completed < epochs.started:
             trainer.save_checkpoint(self.path)
+
+
+class StopRanksOnError(L.Callback):
+    """When the process that started the DDP ranks fails, kills the ranks it started.
+
+    They would otherwise wait in their next collective until the process group's timeout (30 min
+    with gloo, 10 with NCCL), holding their GPUs. Lightning already covers the other way round (a
+    failed rank >0 stops every process: its child-process observer) and Ctrl-C, not an error in
+    rank 0. Not on SIGTERM: Lightning forwards that to the ranks, which save and stop themselves.
+    """
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        launcher = trainer.strategy.launcher
+        if isinstance(launcher, _SubprocessScriptLauncher) and not isinstance(exception, SIGTERMException):
+            launcher.kill(signal.SIGKILL)
+
+
+class LossProgressBar(TQDMProgressBar):
+    """Lightning's TQDM bar, showing ``train/loss`` read only when the bar refreshes.
+
+    Logging the loss with ``prog_bar=True`` instead makes Lightning convert it to a Python number
+    after every batch: a host-device synchronisation per training step (tests/test_speed.py).
+    """
+
+    def get_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, int | float | str]:
+        metrics = super().get_metrics(trainer, pl_module)
+        loss = trainer.callback_metrics.get("train/loss")
+        if loss is not None:
+            metrics["train/loss"] = float(loss)
+        return metrics

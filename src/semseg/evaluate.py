@@ -19,6 +19,7 @@ from semseg.inference import InferenceSettings
 from semseg.module import SegmentationModule
 from semseg.report import markdown_table
 from semseg.train import build_datamodule, json_safe
+from semseg.trainer_defaults import trainer_kwargs
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +117,9 @@ def evaluate(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict[str, float]
     log.info(f"evaluating {cfg.ckpt_path} on the {split} split of {data['root']} ({module.inference})")
     loader = build_datamodule(data, module).evaluation_dataloader(split)
 
-    trainer = L.Trainer(**cfg.trainer, logger=False, enable_checkpointing=False, default_root_dir=cfg.output_dir)
+    trainer = L.Trainer(
+        **trainer_kwargs(cfg.trainer, data), logger=False, enable_checkpointing=False, default_root_dir=cfg.output_dir
+    )
     # The module's test stage computes the contract metrics; they are renamed to the split's.
     raw = trainer.test(module, dataloaders=loader, verbose=False)[0]
     metrics = {f"{split}/{k.removeprefix('test/')}": float(v) for k, v in raw.items()}

@@ -13,6 +13,7 @@ import torch
 from hydra.utils import instantiate
 from lightning.pytorch.loggers import WandbLogger
 from torch import nn
+from torch.optim.lr_scheduler import LRScheduler
 
 from semseg.errors import ConfigError, TrainingDiverged
 from semseg.inference import InferenceSettings, predict_logits
@@ -125,8 +126,9 @@ class SegmentationModule(L.LightningModule):
         batch_size = images.shape[0]
         if stage == "train":
             # Tensors go to self.log unconverted: Lightning reduces them on the device, with no
-            # per-step .item() sync of our own.
-            self.log("train/loss", total, on_step=True, prog_bar=True, batch_size=batch_size)
+            # per-step .item() sync of our own. Not prog_bar=True: Lightning would convert the
+            # value after every batch (the bar reads it itself: callbacks.LossProgressBar).
+            self.log("train/loss", total, on_step=True, batch_size=batch_size)
             for name, value in terms.items():
                 self.log(f"train/loss_{name}", value, on_step=True, batch_size=batch_size)
         else:
@@ -196,7 +198,10 @@ class SegmentationModule(L.LightningModule):
                 checkpoint[WANDB_RUN_ID_KEY] = logger.version
 
     def configure_optimizers(self) -> dict[str, Any]:
-        optimizer = instantiate(self.hparams.optimizer, params=self.parameters())
-        total_steps = int(self.trainer.estimated_stepping_batches)
-        scheduler = build_scheduler(optimizer, self.hparams.scheduler, total_steps)
+        optimizer, scheduler = self.build_optimization(int(self.trainer.estimated_stepping_batches))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def build_optimization(self, total_steps: int) -> tuple[torch.optim.Optimizer, LRScheduler]:
+        """The configured optimizer and its per-step schedule over ``total_steps``."""
+        optimizer = instantiate(self.hparams.optimizer, params=self.parameters())
+        return optimizer, build_scheduler(optimizer, self.hparams.scheduler, total_steps)

@@ -18,15 +18,18 @@ from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
+from semseg.callbacks import StopRanksOnError
 from semseg.class_weights import resolve_class_weights
 from semseg.data import SegmentationDataModule
 from semseg.data.dataset import resolve_class_names
 from semseg.data.doctor import DataReport, check_data
+from semseg.data.sampling import EpochSeeding
 from semseg.distributed import ranks_run_this_job
 from semseg.files import write_json_atomic
 from semseg.loggers import build_logger, finish_logger, run_identity, wandb_run_id
 from semseg.models import count_gflops, count_parameters
 from semseg.module import SegmentationModule
+from semseg.trainer_defaults import trainer_kwargs
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +84,18 @@ def build_datamodule(
     return SegmentationDataModule(**kwargs, mean=mean, std=std, seed=seed)
 
 
+def build_run(cfg: DictConfig, seed: int) -> tuple[DataReport, SegmentationModule, SegmentationDataModule]:
+    """The data set's report, the module and the data module of a training config.
+
+    The data set is checked first, before any work: a bad file stops here, with its name and fix.
+    """
+    report = check_data(OmegaConf.to_container(cfg.data, resolve=True))
+    class_weights = resolve_class_weights(cfg.loss.get("class_weights"), report.class_names, report.train_counts)
+    _log_class_weights(cfg.loss.get("class_weights"), report.class_names, class_weights)
+    module = build_module(cfg, class_weights)
+    return report, module, build_datamodule(cfg.data, module, seed)
+
+
 def _log_class_weights(spec: object, class_names: list[str], weights: list[float] | None) -> None:
     if weights is not None:
         named = ", ".join(f"{name} {w:g}" for name, w in zip(class_names, weights, strict=True))
@@ -118,19 +133,14 @@ def train(cfg: DictConfig) -> dict[str, float]:
     """
     output_dir = Path(cfg.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    L.seed_everything(cfg.seed, workers=True)
+    seed = L.seed_everything(cfg.seed, workers=True)
     # One line per rank: under DDP every rank must show the same digest (the same job, config).
     digest = hashlib.sha1(OmegaConf.to_yaml(cfg, resolve=True).encode()).hexdigest()[:12]
     log.info(f"rank {rank_zero_only.rank}: config digest {digest}, output {output_dir}")
 
-    # The data set is checked before any work: a bad file stops the run here, with its name and fix.
-    report = check_data(OmegaConf.to_container(cfg.data, resolve=True))
-    class_weights = resolve_class_weights(cfg.loss.get("class_weights"), report.class_names, report.train_counts)
-    _log_class_weights(cfg.loss.get("class_weights"), report.class_names, class_weights)
+    report, module, datamodule = build_run(cfg, seed)
     if rank_zero_only.rank == 0:
         write_json_atomic(output_dir / "data_report.json", report.to_json())
-    module = build_module(cfg, class_weights)
-    datamodule = build_datamodule(cfg.data, module, cfg.get("seed"))
     ckpt_path = resume_checkpoint(cfg)
     logger = build_logger(cfg.get("logger"), run_identity(cfg), wandb_run_id(ckpt_path))
     try:
@@ -157,14 +167,18 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
 
 def resume_checkpoint(cfg: DictConfig) -> str | None:
-    """The checkpoint training starts from: ``ckpt_path``; else, with ``resume: auto``, the run
-    folder's ``checkpoints/last.ckpt`` when there is one (a requeued or re-run job); else none."""
+    """The checkpoint training starts from: ``ckpt_path``; else, with ``resume: auto``, the newest
+    of the run folder's ``checkpoints/last.ckpt`` and Lightning's SLURM auto-requeue checkpoints
+    (``hpc_ckpt_<n>.ckpt``, saved on SIGUSR1), when there is one (a requeued or re-run job);
+    else none."""
     if cfg.get("ckpt_path"):
         return str(cfg.ckpt_path)
-    last = Path(cfg.output_dir) / "checkpoints" / "last.ckpt"
-    if cfg.get("resume", "auto") == "auto" and last.is_file():
-        log.info(f"resuming from {last} (resume=auto; resume=false starts over)")
-        return str(last)
+    run = Path(cfg.output_dir)
+    found = [p for p in (run / "checkpoints" / "last.ckpt", *run.glob("hpc_ckpt_*.ckpt")) if p.is_file()]
+    if cfg.get("resume", "auto") == "auto" and found:
+        newest = max(found, key=lambda p: p.stat().st_mtime_ns)
+        log.info(f"resuming from {newest} (resume=auto; resume=false starts over)")
+        return str(newest)
     return None
 
 
@@ -178,7 +192,15 @@ def _fit_and_evaluate(
 ) -> tuple[dict[str, float], dict]:
     """Fits, then validates (and tests) the best checkpoint; returns its metrics and the run's costs."""
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
-    trainer = L.Trainer(**cfg.trainer, callbacks=callbacks, logger=logger, default_root_dir=str(cfg.output_dir))
+    # Not config choices: resuming replays the same epochs only if every epoch is seeded alike,
+    # and a failed rank 0 must not leave the other ranks waiting.
+    callbacks += [EpochSeeding(datamodule.seed), StopRanksOnError()]
+    trainer = L.Trainer(
+        **trainer_kwargs(cfg.trainer, cfg.data),
+        callbacks=callbacks,
+        logger=logger,
+        default_root_dir=str(cfg.output_dir),
+    )
     run_info = _model_cost(module, cfg.data, report)
     for each in trainer.loggers:
         each.log_hyperparams({"params": run_info["params"], "gflops": run_info["gflops"]})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from semseg.data.dataset import (
     list_pairs,
     resolve_class_names,
 )
+from semseg.data.sampling import EpochSampler
 from semseg.data.synthetic import SyntheticSpec, generate
 from semseg.data.transforms import build_transforms
 from semseg.errors import DataError
@@ -29,11 +31,6 @@ def _init_worker(_worker_id: int) -> None:
     # Each loader worker is already one of several processes; OpenCV's own thread pool inside
     # every worker would oversubscribe the cores.
     cv2.setNumThreads(0)
-    # Every worker starts from a copy of the same albumentations random state; reseeding it with
-    # the worker's torch seed (distinct per worker, derived from the run's seed) keeps the
-    # augmentations both different across workers and reproducible across runs.
-    info = torch.utils.data.get_worker_info()
-    info.dataset.transform.set_random_seed(info.seed % 2**32)
 
 
 def default_num_workers() -> int:
@@ -113,7 +110,11 @@ class SegmentationDataModule(L.LightningDataModule):
         self.num_workers = default_num_workers() if num_workers is None else num_workers
         self.synthetic = SyntheticSpec(**synthetic) if synthetic else None
         common = {"mean": mean, "std": std, "image_size": image_size}
-        self.train_transform = build_transforms(train=True, crop_size=crop_size, augment=augment, seed=seed, **common)
+        # Without a seed, one drawn here: shuffling and augmentations still need one (EpochSampler).
+        self.seed = secrets.randbits(31) if seed is None else int(seed)
+        self.train_transform = build_transforms(
+            train=True, crop_size=crop_size, augment=augment, seed=self.seed, **common
+        )
         self.eval_transform = build_transforms(train=False, **common)
         self.datasets: dict[str, SegmentationDataset] = {}
 
@@ -133,7 +134,7 @@ class SegmentationDataModule(L.LightningDataModule):
     def _dataset(self, split: str) -> SegmentationDataset:
         transform = self.train_transform if split == "train" else self.eval_transform
         pairs = list_pairs(self.root, split, require_masks=split != "test")
-        return SegmentationDataset(pairs, self.encoder, self.in_channels, transform, self.ignore_index)
+        return SegmentationDataset(pairs, self.encoder, self.in_channels, transform, self.ignore_index, self.seed)
 
     @property
     def has_test_split(self) -> bool:
@@ -153,15 +154,15 @@ class SegmentationDataModule(L.LightningDataModule):
         eval.py scores, including ``split=train``."""
         pairs = list_pairs(self.root, split, require_masks=True)
         dataset = SegmentationDataset(pairs, self.encoder, self.in_channels, self.eval_transform, self.ignore_index)
-        return self._loader(dataset, shuffle=False)
+        return self._loader(dataset)
 
-    def _loader(self, dataset: SegmentationDataset, shuffle: bool) -> DataLoader:
+    def _loader(self, dataset: SegmentationDataset, sampler: EpochSampler | None = None) -> DataLoader:
         workers = self.num_workers
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
-            shuffle=shuffle,
-            drop_last=shuffle and len(dataset) > self.batch_size,
+            sampler=sampler,
+            drop_last=sampler is not None and len(dataset) > self.batch_size,
             num_workers=workers,
             collate_fn=_Collate(self.ignore_index),
             # Pinned host memory lets the copy to the GPU overlap compute (non_blocking).
@@ -172,12 +173,20 @@ class SegmentationDataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.datasets["train"], shuffle=True)
+        dataset, trainer = self.datasets["train"], self.trainer
+        if trainer is None:  # used on its own: the caller sets the epoch
+            return self._loader(dataset, EpochSampler(dataset, self.seed))
+        sampler = EpochSampler(dataset, self.seed, trainer.world_size, trainer.global_rank, self._fit_epoch)
+        return self._loader(dataset, sampler)
+
+    def _fit_epoch(self) -> int:
+        """The epoch the trainer is in (or resumes at): what Lightning passes to set_epoch."""
+        return self.trainer.fit_loop.epoch_progress.current.processed
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.datasets["val"], shuffle=False)
+        return self._loader(self.datasets["val"])
 
     def test_dataloader(self) -> DataLoader:
         if "test" not in self.datasets:
             raise DataError(f"no labelled test split: {self.root / 'masks' / 'test'} is missing.")
-        return self._loader(self.datasets["test"], shuffle=False)
+        return self._loader(self.datasets["test"])

@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from semseg.data.sampling import sample_seed
 from semseg.errors import DataError, Problem, problems_message
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
@@ -217,7 +218,10 @@ class SegmentationDataset(Dataset):
     """Lazily reads image-mask pairs; holds only the file list in memory.
 
     Each item is a dict: ``image`` (float CxHxW), ``mask`` (int64 HxW, ignored pixels equal to
-    ``ignore_index``; absent for unlabelled splits), ``name`` (file stem).
+    ``ignore_index``; absent for unlabelled splits), ``name`` (file stem). Indexed by
+    ``(index, epoch)`` (what ``EpochSampler`` yields), the augmentations are reseeded from
+    ``(seed, epoch, index)`` first, so a sample's augmentation never depends on which worker
+    reads it or on what that worker read before.
     """
 
     def __init__(
@@ -227,8 +231,10 @@ class SegmentationDataset(Dataset):
         in_channels: int,
         transform: Callable[..., dict],
         ignore_index: int,
+        seed: int = 0,
     ):
         self.pairs = pairs
+        self.seed = seed
         self.encoder = encoder
         self.in_channels = in_channels
         self.transform = transform
@@ -237,7 +243,10 @@ class SegmentationDataset(Dataset):
     def __len__(self) -> int:
         return len(self.pairs)
 
-    def __getitem__(self, index: int) -> dict:
+    def __getitem__(self, key: int | tuple[int, int]) -> dict:
+        index, epoch = key if isinstance(key, tuple) else (key, None)
+        if epoch is not None:
+            self.transform.set_random_seed(sample_seed(self.seed, epoch, index))
         image_path, mask_path = self.pairs[index]
         image = read_image(image_path, self.in_channels)
         if mask_path is None:

@@ -10,6 +10,8 @@ it and writes it as JSON.
 
 from __future__ import annotations
 
+import logging
+import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +34,17 @@ from semseg.data.mask_stats import MaskSummary, summarize_masks
 from semseg.data.synthetic import SyntheticSpec, generate
 from semseg.errors import DataError, Problem, problems_message
 
+log = logging.getLogger(__name__)
+
 MAX_LISTED_VALUES = 10
+# The largest stored value a class index can be: MaskEncoder allows num_classes up to 254 (class
+# codes travel as uint8 beside MASK_PAD_CODE).
+MAX_CLASS_VALUE = MASK_PAD_CODE - 2
+# The bytes a complete file of these formats holds at its end (PNG's IEND chunk, JPEG's EOI marker).
+# Pillow reads only the header, and OpenCV decodes a JPEG cut short into a grey-filled image without
+# an error, so a file cut short (an interrupted copy or download) is found by its missing end.
+END_MARKERS = {"PNG": b"IEND", "JPEG": b"\xff\xd9"}
+TAIL_BYTES = 1024  # room for a few bytes some writers append after the end marker
 
 
 @dataclass
@@ -161,26 +173,64 @@ def _image_size(path: Path, full: bool) -> tuple[tuple[int, int] | None, str, Pr
     try:
         with Image.open(path) as image:
             width, height = image.size
-            mode = image.mode
+            mode, file_format = image.mode, image.format
     except (OSError, UnidentifiedImageError, SyntaxError):
         return None, "", unreadable
+    if _cut_short(path, file_format):
+        truncated = Problem(
+            str(path),
+            f"is truncated: the {file_format} file ends before its image data does (an interrupted copy?).",
+            "copy or re-export the image again, or remove it and its mask.",
+        )
+        return None, "", truncated
     if full and cv2.imread(str(path), cv2.IMREAD_UNCHANGED) is None:
         return None, "", unreadable
     return (height, width), mode, None
 
 
+def _cut_short(path: Path, file_format: str | None) -> bool:
+    """True for a PNG or JPEG file that ends before its image data does (see ``END_MARKERS``).
+
+    The fast path reads only the file's last ``TAIL_BYTES``; a file without its end marker there
+    is decoded in full by Pillow, which raises only when the data really ends early (some cameras
+    append data, a video even, after a JPEG's end).
+    """
+    marker = END_MARKERS.get(file_format or "")
+    if marker is None:
+        return False  # other formats are decoded in full only with full=True
+    with open(path, "rb") as f:
+        f.seek(max(f.seek(0, os.SEEK_END) - TAIL_BYTES, 0))
+        if marker in f.read():
+            return False
+    try:
+        with Image.open(path) as image:
+            image.load()
+    except (OSError, SyntaxError, ValueError):  # Pillow: "image file is truncated", "broken PNG file"
+        return True
+    return False
+
+
 def _value_fix(path: Path, values: list[int], bad: list[int], encoder: MaskEncoder, label_map: Mapping | None) -> str:
+    """The fix for a mask holding values that are no class; ``values`` are the mask's own, ``bad``
+    the data set's values that are no class (see ``_values_no_class``)."""
     if path.suffix.lower() in (".jpg", ".jpeg"):
         return "JPEG compression changes mask values along edges; store masks as PNG."
     if not label_map and set(values) <= {0, 255}:
         return "0/255 masks: set data.label_map={0: 0, 255: 1} (background 0, object 1) and data.num_classes=2."
-    hint = f"raise data.num_classes to {max(bad) + 1}, " if not label_map else ""
-    single = (
-        f"set data.ignore_index={bad[0]} if it marks pixels to skip, "
-        if len(bad) == 1 and encoder.ignore_index is None
-        else ""
-    )
-    return f"{single}{hint}or map stored values to classes with data.label_map."
+    fixes = []
+    if len(bad) == 1 and encoder.ignore_index is None:
+        fixes.append(f"set data.ignore_index={bad[0]} if it marks pixels to skip")
+    if max(bad) > MAX_CLASS_VALUE:
+        # No num_classes reaches such a value (a 16-bit mask of ids, say): only a label_map can.
+        fixes.append(
+            f"map every stored value to its class with data.label_map (e.g. {{0: 0, {max(bad)}: 1}}); "
+            f"data.num_classes is at most {MAX_CLASS_VALUE + 1}"
+        )
+    else:
+        if not label_map:
+            fixes.append(f"raise data.num_classes to {max(bad) + 1} (the masks hold values up to {max(bad)})")
+        fixes.append("map stored values to classes with data.label_map")
+    return ", or ".join([", ".join(fixes[:-1]), fixes[-1]] if len(fixes) > 1 else fixes) + "."
 
 
 def _mask_problem(path: Path, mask: MaskSummary, image_size: tuple[int, int] | None) -> Problem | None:
@@ -215,7 +265,12 @@ def _mask_problem(path: Path, mask: MaskSummary, image_size: tuple[int, int] | N
 
 
 def _count_classes(
-    path: Path, mask: MaskSummary, encoder: MaskEncoder, label_map: Mapping | None, report: SplitReport
+    path: Path,
+    mask: MaskSummary,
+    encoder: MaskEncoder,
+    label_map: Mapping | None,
+    report: SplitReport,
+    no_class: list[int],
 ) -> Problem | None:
     """Adds a mask's class pixels to ``report``, or returns the problem of its values that are not classes."""
     values = np.asarray(mask.values, dtype=np.int64)
@@ -229,7 +284,7 @@ def _count_classes(
         return Problem(
             str(path),
             f"holds values {listed} that are not classes 0..{encoder.num_classes - 1}{mapped}.",
-            _value_fix(path, mask.values, bad, encoder, label_map),
+            _value_fix(path, mask.values, no_class, encoder, label_map),
         )
     ignored = codes == MASK_PAD_CODE
     report.ignored_pixels += int(counts[ignored].sum())
@@ -263,6 +318,7 @@ def inspect_dataset(
         pairs_by_split[split], found = find_pairs(root, split, require_masks=split != "test")
         problems += found
     summaries = _summaries(root, pairs_by_split)
+    no_class = _values_no_class(summaries, encoder)
 
     splits, palette_masks = {}, 0
     for split, pairs in pairs_by_split.items():
@@ -284,7 +340,7 @@ def inspect_dataset(
                 problems.append(problem)
                 continue
             palette_masks += mask.palette
-            problem = _count_classes(mask_path, mask, encoder, label_map, report)
+            problem = _count_classes(mask_path, mask, encoder, label_map, report, no_class)
             if problem:
                 problems.append(problem)
         splits[split] = report
@@ -303,6 +359,16 @@ def inspect_dataset(
 def _summaries(root: Path, pairs_by_split: Mapping[str, list]) -> dict[Path, MaskSummary]:
     mask_paths = [mask for pairs in pairs_by_split.values() for _, mask in pairs if mask is not None]
     return dict(zip(mask_paths, summarize_masks(root, mask_paths), strict=True))
+
+
+def _values_no_class(summaries: Mapping[Path, MaskSummary], encoder: MaskEncoder) -> list[int]:
+    """The stored values that are no class, over every mask: each file's fix is then the one that
+    fixes the data set (a num_classes above every mask's values; ignore_index only when a single
+    value is off), not one that fits this file and fails on the next. JPEG masks are left out:
+    their compression noise has its own fix."""
+    kept = (mask for path, mask in summaries.items() if path.suffix.lower() not in (".jpg", ".jpeg"))
+    lut = encoder.lut
+    return [v for v in _stored_values(kept) if isinstance(v, int) and 0 <= v < lut.size and lut[v] == INVALID_CODE]
 
 
 def _stored_values(summaries: Iterable[MaskSummary]) -> dict[int, int]:
@@ -373,4 +439,10 @@ def check_data(data: Mapping) -> DataReport:
     any problem, before any training work."""
     report = inspect_data_config(data)
     report.raise_for_problems()
+    # The run goes on despite these (an RGBA image losing its alpha, a class without train pixels):
+    # said at start-up, not only in data_report.json, so that no conversion passes unseen.
+    for note in report.notes:
+        log.info(f"data: {note}")
+    for warning in report.warnings:
+        log.warning(f"data: {warning}")
     return report

@@ -1,0 +1,20 @@
+"""Speed: `python scripts/benchmark.py [overrides]` (see conf/benchmark.yaml; `make bench`).
+
+Prints the pipeline/plain-loop and loader/consumption ratios, the scan time of a 10,000-pair
+folder and a per-architecture table; writes them to <output_dir>/benchmark.json."""
+
+import hydra
+from omegaconf import DictConfig
+
+from semseg.bench.run import run_benchmark
+from semseg.cli import exit_on_user_error
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="benchmark")
+@exit_on_user_error
+def main(cfg: DictConfig) -> None:
+    run_benchmark(cfg)
+
+
+if __name__ == "__main__":
+    main()

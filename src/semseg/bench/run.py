@@ -1,0 +1,141 @@
+"""Runs the benchmark's parts (conf/benchmark.yaml), prints ratios and tables, writes
+``benchmark.json``."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from hydra import compose
+from omegaconf import DictConfig, OmegaConf
+
+from semseg.bench.models import bench_model
+from semseg.bench.scan import scan_seconds
+from semseg.bench.timing import median
+from semseg.bench.training import (
+    bench_device,
+    consumption_images_per_s,
+    loader_images_per_s,
+    pipeline_images_per_s,
+    plain_loop_images_per_s,
+)
+from semseg.files import write_json_atomic
+from semseg.report import markdown_table
+
+log = logging.getLogger(__name__)
+
+# The issue's targets, printed beside the measured values.
+TARGETS = {"pipeline_over_plain": 0.97, "loader_over_consumption": 2.0, "scan_s": 2.0}
+
+
+def pipeline_part(cfg: DictConfig) -> dict:
+    """(a) The pipeline against the plain loop, alternated ``repeats`` times: median ratio."""
+    bench = cfg.bench
+    pipeline, plain = [], []
+    for _ in range(bench.repeats):
+        plain.append(plain_loop_images_per_s(cfg, bench.warmup, bench.steps))
+        pipeline.append(pipeline_images_per_s(cfg, bench.warmup, bench.steps))
+    ratios = [p / q for p, q in zip(pipeline, plain, strict=True)]
+    return {
+        "pipeline_images_per_s": median(pipeline),
+        "plain_loop_images_per_s": median(plain),
+        "pipeline_over_plain": median(ratios),
+        "pipeline_over_plain_each": ratios,
+    }
+
+
+def loader_part(cfg: DictConfig) -> dict:
+    """(b) The data loader alone against the model's consumption (data already on the device)."""
+    bench = cfg.bench
+    loader, consumption = [], []
+    for _ in range(bench.repeats):
+        loader.append(loader_images_per_s(cfg, bench.warmup, bench.steps))
+        consumption.append(consumption_images_per_s(cfg, bench.warmup, bench.steps))
+    ratios = [a / b for a, b in zip(loader, consumption, strict=True)]
+    return {
+        "loader_images_per_s": median(loader),
+        "consumption_images_per_s": median(consumption),
+        "loader_over_consumption": median(ratios),
+        "num_workers": cfg.data.num_workers,
+    }
+
+
+def models_part(cfg: DictConfig) -> list[dict]:
+    """(c) Each architecture's forward+backward images/s, peak memory and MFU."""
+    bench, rows = cfg.bench, []
+    for name in bench.models:
+        model, *overrides = str(name).split()
+        model_cfg = compose(config_name="train", overrides=[f"model={model}", *overrides]).model
+        log.info(f"benchmarking {name} ({OmegaConf.to_container(model_cfg)})")
+        results = bench_model(
+            name,
+            model_cfg,
+            num_classes=cfg.data.num_classes,
+            in_channels=cfg.data.in_channels,
+            size=bench.size,
+            batch_size=bench.batch_size,
+            precisions=list(bench.precisions),
+            channels_last=list(bench.channels_last),
+            compile_modes=list(bench.compile),
+            warmup=bench.warmup,
+            steps=bench.steps,
+            device=bench_device(cfg),
+        )
+        rows += [r.row() for r in results]
+    return rows
+
+
+PARTS = {"pipeline": pipeline_part, "loader": loader_part, "models": models_part}
+
+
+def run_benchmark(cfg: DictConfig) -> dict:
+    """Runs ``cfg.bench.parts``; prints the results and writes ``<output_dir>/benchmark.json``."""
+    device = bench_device(cfg)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
+    results: dict = {"device": name, "settings": OmegaConf.to_container(cfg.bench, resolve=True)}
+    for part in cfg.bench.parts:
+        if part == "scan":
+            results["scan_s"] = scan_seconds(cfg.bench.scan_pairs)
+        elif part in PARTS:
+            value = PARTS[part](cfg)
+            results |= {"models": value} if part == "models" else value
+        else:
+            raise ValueError(f"bench.parts: unknown part {part!r}; choose from {[*PARTS, 'scan']}")
+    print(summary(results, cfg.bench.scan_pairs))
+    write_json_atomic(Path(cfg.output_dir) / "benchmark.json", results)
+    return results
+
+
+def summary(results: dict, scan_pairs: int) -> str:
+    """The ratios against their targets, then the per-model table."""
+    lines = [f"device: {results['device']}"]
+    if "pipeline_over_plain" in results:
+        lines.append(
+            f"(a) pipeline / plain loop: {results['pipeline_over_plain']:.3f} (target >= 0.97; "
+            f"{results['pipeline_images_per_s']:.1f} vs {results['plain_loop_images_per_s']:.1f} images/s)"
+        )
+    if "loader_over_consumption" in results:
+        lines.append(
+            f"(b) data loader / model consumption: {results['loader_over_consumption']:.2f}x (target >= 2; "
+            f"{results['loader_images_per_s']:.1f} vs {results['consumption_images_per_s']:.1f} images/s)"
+        )
+    if "scan_s" in results:
+        lines.append(f"(d) scan of {scan_pairs} pairs: {results['scan_s']:.3f} s (target < 2 s)")
+    if results.get("models"):
+        header = ["model", "precision", "channels_last", "compile", "images/s", "peak GB", "GFLOPs/img", "MFU"]
+        rows = [
+            [
+                r["model"],
+                r["precision"],
+                str(r["channels_last"]),
+                str(r["compiled"]),
+                f"{r['images_per_s']:.1f}",
+                "-" if r["peak_memory_gb"] is None else f"{r['peak_memory_gb']:.2f}",
+                f"{r['train_gflops_per_image']:.2f}",
+                "-" if r["mfu"] is None else f"{100 * r['mfu']:.1f}%",
+            ]
+            for r in results["models"]
+        ]
+        lines.append("(c) forward+backward per architecture:\n" + markdown_table(header, rows))
+    return "\n".join(lines)

@@ -1,0 +1,102 @@
+"""What keeps training fast, checked without timing anything: no host-device synchronisation per
+training step, and a benchmark that runs end to end (its numbers are for scripts/benchmark.py to
+measure side by side, never for a test)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import traceback
+from collections import Counter
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from omegaconf import open_dict
+
+from semseg.bench.scan import scan_seconds
+from semseg.train import train
+
+ROOT = Path(__file__).resolve().parents[1]
+# Tensor methods that wait for the device's queued work when the tensor lives on a GPU.
+SYNCING = ("item", "tolist", "__bool__", "__float__", "__int__", "cpu", "numpy")
+
+
+class SyncsPerStep(L.Callback):
+    """Counts syncing calls between the start of one training batch and the next (the batch's
+    optimizer step, callbacks and module hooks included), per batch index."""
+
+    def __init__(self):
+        self.batch: int | None = None
+        self.calls: Counter[int] = Counter()
+        self.callers: list[str] = []
+
+    def record(self) -> None:
+        if self.batch is not None:
+            caller = traceback.extract_stack(limit=3)[0]  # [caller, counted, record]
+            # Adam keeps its step counter on the host (unless capturable): its .item() never waits.
+            if "torch/optim/" not in caller.filename:
+                self.calls[self.batch] += 1
+                self.callers.append(f"{self.batch} {caller.filename}:{caller.lineno}")
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
+        self.batch = batch_idx
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self.batch = None
+
+
+COUNTER: SyncsPerStep | None = None
+
+
+def the_counter() -> SyncsPerStep | None:
+    """The test's counter, for Hydra to instantiate as a callback."""
+    return COUNTER
+
+
+def test_training_steps_do_not_synchronise_with_the_device(make_cfg, monkeypatch: pytest.MonkeyPatch):
+    counter = SyncsPerStep()
+    for name in SYNCING:
+        original = getattr(torch.Tensor, name)
+
+        def counted(self, *args, _original=original, **kwargs):
+            counter.record()
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    monkeypatch.setattr("semseg.train.EpochSeeding.on_train_start", lambda *a: None)  # not a step
+    # 8 images, batch 2: 4 steps; logging and the progress bar every 2 steps (every 10 by default).
+    cfg = make_cfg("data.batch_size=2", "trainer.log_every_n_steps=2", "callbacks.progress_bar.refresh_rate=2")
+    with open_dict(cfg):
+        cfg.callbacks.syncs = {"_target_": "tests.test_speed.the_counter"}
+    monkeypatch.setattr("tests.test_speed.COUNTER", counter)
+    train(cfg)
+    # Only where Lightning logs or refreshes the progress bar (after steps 2 and 4: batch indices 1
+    # and 3; the module's non-finite check rides on the logging steps).
+    assert set(counter.calls) <= {1, 3}, (counter.calls, counter.callers)
+    assert counter.calls[1] > 0  # the counting works: logging does sync
+
+
+def test_the_benchmark_runs_every_part_and_writes_its_results(tiny_root: Path, tmp_path: Path):
+    run = tmp_path / "bench"
+    command = [sys.executable, str(ROOT / "scripts" / "benchmark.py"), "trainer=cpu", f"data.root={tiny_root}",
+               "data.synthetic=null", "data.batch_size=2", "data.num_workers=0", "bench.warmup=1", "bench.steps=2",
+               "bench.repeats=1", "bench.size=32", "bench.batch_size=2", "bench.models=[unet]", "bench.scan_pairs=300",
+               f"hydra.run.dir={run}"]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=os.environ)
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = json.loads((run / "benchmark.json").read_text())
+    for key in ("pipeline_over_plain", "loader_over_consumption", "pipeline_images_per_s", "loader_images_per_s"):
+        assert 0 < results[key] < float("inf"), key
+    assert 0 < results["scan_s"] < 60
+    rows = results["models"]
+    assert [(r["model"], r["channels_last"]) for r in rows] == [("unet", False), ("unet", True)]
+    assert all(r["images_per_s"] > 0 and r["train_gflops_per_image"] > 0 for r in rows)
+    assert "(a) pipeline / plain loop:" in result.stdout and "| unet | 32-true |" in result.stdout
+
+
+def test_the_scan_pairs_every_file(tmp_path: Path):
+    assert scan_seconds(500, repeats=1) > 0  # and raises if any of the 500 pairs were missed
