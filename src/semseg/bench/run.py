@@ -20,6 +20,7 @@ from semseg.bench.training import (
     pipeline_images_per_s,
     plain_loop_images_per_s,
 )
+from semseg.data.datamodule import default_num_workers
 from semseg.files import write_json_atomic
 from semseg.report import markdown_table
 
@@ -29,17 +30,23 @@ log = logging.getLogger(__name__)
 TARGETS = {"pipeline_over_plain": 0.97, "loader_over_consumption": 2.0, "scan_s": 2.0}
 
 
-def pipeline_part(cfg: DictConfig) -> dict:
-    """(a) The pipeline against the plain loop, alternated ``repeats`` times: median ratio."""
+def side_by_side(first, second, cfg: DictConfig) -> tuple[float, float, list[float]]:
+    """Alternates two measurements ``cfg.bench.repeats`` times (so that drifts of the machine hit
+    both alike): the median of each, and each repeat's ratio first / second."""
     bench = cfg.bench
-    pipeline, plain = [], []
+    a, b = [], []
     for _ in range(bench.repeats):
-        plain.append(plain_loop_images_per_s(cfg, bench.warmup, bench.steps))
-        pipeline.append(pipeline_images_per_s(cfg, bench.warmup, bench.steps))
-    ratios = [p / q for p, q in zip(pipeline, plain, strict=True)]
+        b.append(second(cfg, bench.warmup, bench.steps))
+        a.append(first(cfg, bench.warmup, bench.steps))
+    return median(a), median(b), [x / y for x, y in zip(a, b, strict=True)]
+
+
+def pipeline_part(cfg: DictConfig) -> dict:
+    """(a) The pipeline against the plain loop: the median of the per-repeat ratios."""
+    pipeline, plain, ratios = side_by_side(pipeline_images_per_s, plain_loop_images_per_s, cfg)
     return {
-        "pipeline_images_per_s": median(pipeline),
-        "plain_loop_images_per_s": median(plain),
+        "pipeline_images_per_s": pipeline,
+        "plain_loop_images_per_s": plain,
         "pipeline_over_plain": median(ratios),
         "pipeline_over_plain_each": ratios,
     }
@@ -47,17 +54,12 @@ def pipeline_part(cfg: DictConfig) -> dict:
 
 def loader_part(cfg: DictConfig) -> dict:
     """(b) The data loader alone against the model's consumption (data already on the device)."""
-    bench = cfg.bench
-    loader, consumption = [], []
-    for _ in range(bench.repeats):
-        loader.append(loader_images_per_s(cfg, bench.warmup, bench.steps))
-        consumption.append(consumption_images_per_s(cfg, bench.warmup, bench.steps))
-    ratios = [a / b for a, b in zip(loader, consumption, strict=True)]
+    loader, consumption, ratios = side_by_side(loader_images_per_s, consumption_images_per_s, cfg)
     return {
-        "loader_images_per_s": median(loader),
-        "consumption_images_per_s": median(consumption),
+        "loader_images_per_s": loader,
+        "consumption_images_per_s": consumption,
         "loader_over_consumption": median(ratios),
-        "num_workers": cfg.data.num_workers,
+        "num_workers": default_num_workers() if cfg.data.num_workers is None else cfg.data.num_workers,
     }
 
 
