@@ -3,8 +3,6 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 ARGS ?=
-# Test processes (pytest-xdist). On 2 cores, 2 processes ran the suite in 8 min 31 s, one in 11 min 14 s.
-TEST_WORKERS ?= 2
 
 .PHONY: install train test test-all bench lint clean
 
@@ -21,10 +19,10 @@ train: install
 	$(PY) scripts/train.py $(ARGS)
 
 test: install
-	$(PY) -m pytest -q -n $(TEST_WORKERS)
+	$(PY) -m pytest -q
 
 test-all: install
-	$(PY) -m pytest -q -n $(TEST_WORKERS) -m "slow or not slow"
+	$(PY) -m pytest -q -m "slow or not slow"
 
 bench: install
 	$(PY) scripts/benchmark.py $(ARGS)
