@@ -67,7 +67,6 @@ def test_training_steps_do_not_synchronise_with_the_device(make_cfg, monkeypatch
             return _original(self, *args, **kwargs)
 
         monkeypatch.setattr(torch.Tensor, name, counted)
-    monkeypatch.setattr("semseg.train.EpochSeeding.on_train_start", lambda *a: None)  # not a step
     # 8 images, batch 2: 4 steps; logging and the progress bar every 2 steps (every 10 by default).
     cfg = make_cfg("data.batch_size=2", "trainer.log_every_n_steps=2", "callbacks.progress_bar.refresh_rate=2")
     with open_dict(cfg):
