@@ -7,7 +7,7 @@ from pathlib import Path
 import cv2
 import pytest
 from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from semseg.data.synthetic import SyntheticSpec, generate
 
@@ -16,8 +16,13 @@ CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 # Drawing the run folder's pictures costs matplotlib ~3 s per run: only the tests of the pictures
 # draw them (make_cfg(..., pictures=True)).
 NO_PICTURES = "callbacks.validation_pictures=null"
+# Tests train on timm's test ResNet (0.45 M parameters, the same five strides as ResNet-18): a
+# ResNet-18 U-Net checkpoint with its AdamW state is ~170 MB, and saving it twice a run was half of
+# each tiny training's time and ~24 GB of disk a suite. tests/models cover ResNet-18 itself.
+TINY_ENCODER = "model.encoder_name=tu-test_resnet"
 # Every test run of train(): CPU, one small epoch, no W&B and no pictures unless a test asks.
 CHEAP = [
+    TINY_ENCODER,
     "trainer=cpu",
     "trainer.max_epochs=1",
     "trainer.enable_model_summary=false",
@@ -69,15 +74,24 @@ def compose_cfg(overrides: list[str] | None = None) -> DictConfig:
     return compose_named("train", overrides)
 
 
+def with_tiny_encoder(cfg: DictConfig, overrides: tuple[str, ...]) -> None:
+    """TINY_ENCODER in place of the default encoder, set after composing rather than as an override
+    so that a model naming its own encoder (SegFormer's mit_b0) or a test naming one keeps it."""
+    default = OmegaConf.load(CONF_DIR / "model" / "smp.yaml").encoder_name
+    if cfg.model.encoder_name == default and not any(o.startswith("model.encoder_name=") for o in overrides):
+        cfg.model.encoder_name = TINY_ENCODER.split("=", 1)[1]
+
+
 @pytest.fixture
 def make_cfg(tiny_root: Path, tmp_path: Path):
     """Builds a cheap training config on the tiny data set, writing into ``tmp_path/run``."""
 
     def make(*overrides: str, root: Path | None = None, pictures: bool = False) -> DictConfig:
-        cheap = [o for o in CHEAP if not (pictures and o == NO_PICTURES)]
+        cheap = [o for o in CHEAP if o != TINY_ENCODER and not (pictures and o == NO_PICTURES)]
         # resume=false: tests that train twice into one folder mean two fresh runs.
         cfg = compose_cfg([*cheap, "resume=false", f"data.root={root or tiny_root}", *overrides])
         with open_dict(cfg):
+            with_tiny_encoder(cfg, overrides)
             cfg.output_dir = str(tmp_path / "run")
             cfg.data.synthetic = None  # the fixture generated it already
         return cfg

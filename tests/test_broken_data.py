@@ -234,6 +234,17 @@ def test_rgba_images_are_read_without_their_alpha_and_said_so(make_cfg, tmp_path
     assert np.allclose(first_train_sample(tmp_path / "data")["image"].numpy(), rgb, atol=1e-3)
 
 
+def test_under_ddp_only_rank_0_says_the_findings(make_cfg, tmp_path, caplog, monkeypatch):
+    # Every rank checks the data (a rank must not train on what rank 0 refused), but the warning
+    # is said once, not once per process.
+    make_broken(tmp_path / "data", "rgba_image")
+    monkeypatch.setattr("semseg.train.rank_zero_only.rank", 1)
+    with caplog.at_level(logging.INFO, logger="semseg"):
+        check_only(make_cfg(*FOLDER, root=tmp_path / "data"), monkeypatch)
+    assert not [m for m in caplog.messages if m.startswith("data:")], caplog.messages
+    assert any(m.startswith("rank 1: config digest") for m in caplog.messages)  # each rank's own line stays
+
+
 def test_16_bit_masks_of_class_indices_are_read_as_stored(make_cfg, tmp_path, caplog, monkeypatch):
     # A 16-bit PNG of class indices holds the same information as an 8-bit one: accepted. Its
     # broken form, values beyond any class, is mask_16bit_beyond_classes in CASES.

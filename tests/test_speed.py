@@ -19,6 +19,7 @@ from omegaconf import open_dict
 
 from semseg.bench.scan import scan_seconds
 from semseg.train import train
+from tests.conftest import TINY_ENCODER
 
 ROOT = Path(__file__).resolve().parents[1]
 # Tensor methods that wait for the device's queued work when the tensor lives on a GPU.
@@ -81,7 +82,8 @@ def test_training_steps_do_not_synchronise_with_the_device(make_cfg, monkeypatch
 
 def test_the_benchmark_runs_every_part_and_writes_its_results(tiny_root: Path, tmp_path: Path):
     run = tmp_path / "bench"
-    command = [sys.executable, str(ROOT / "scripts" / "benchmark.py"), "trainer=cpu", f"data.root={tiny_root}",
+    command = [sys.executable, str(ROOT / "scripts" / "benchmark.py"), "trainer=cpu", TINY_ENCODER,
+               f"data.root={tiny_root}",
                "data.synthetic=null", "data.batch_size=2", "data.num_workers=0", "bench.warmup=1", "bench.steps=2",
                "bench.repeats=1", "bench.size=32", "bench.batch_size=2", "bench.models=[unet]", "bench.scan_pairs=300",
                f"hydra.run.dir={run}"]  # fmt: skip

@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_fit_validate_test_write_contract_metrics(make_cfg):
-    cfg = make_cfg()
+    cfg = make_cfg("model.encoder_name=resnet18")  # the shipped model (other tests use a tiny encoder)
     metrics = train(cfg)
     out = Path(cfg.output_dir)
     for stage in ("val", "test"):

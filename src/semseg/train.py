@@ -89,9 +89,11 @@ def build_run(cfg: DictConfig, seed: int) -> tuple[DataReport, SegmentationModul
 
     The data set is checked first, before any work: a bad file stops here, with its name and fix.
     """
-    report = check_data(OmegaConf.to_container(cfg.data, resolve=True))
+    rank_zero = rank_zero_only.rank == 0  # under DDP every rank checks, rank 0 says what it found
+    report = check_data(OmegaConf.to_container(cfg.data, resolve=True), say=rank_zero)
     class_weights = resolve_class_weights(cfg.loss.get("class_weights"), report.class_names, report.train_counts)
-    _log_class_weights(cfg.loss.get("class_weights"), report.class_names, class_weights)
+    if rank_zero:
+        _log_class_weights(cfg.loss.get("class_weights"), report.class_names, class_weights)
     module = build_module(cfg, class_weights)
     return report, module, build_datamodule(cfg.data, module, seed)
 

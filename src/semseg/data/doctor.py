@@ -434,15 +434,16 @@ def inspect_data_config(data: Mapping, full: bool = False) -> DataReport:
     )
 
 
-def check_data(data: Mapping) -> DataReport:
+def check_data(data: Mapping, say: bool = True) -> DataReport:
     """Training's start-up check: the fast inspection of a ``data`` config; raises ``DataError`` on
-    any problem, before any training work."""
+    any problem, before any training work. ``say=False`` keeps the warnings out of the log (DDP's
+    other ranks: the same findings once, not once per process)."""
     report = inspect_data_config(data)
     report.raise_for_problems()
     # The run goes on despite these (an RGBA image losing its alpha, a class without train pixels):
     # said at start-up, not only in data_report.json, so that no conversion passes unseen.
-    for note in report.notes:
+    for note in report.notes if say else ():
         log.info(f"data: {note}")
-    for warning in report.warnings:
+    for warning in report.warnings if say else ():
         log.warning(f"data: {warning}")
     return report
