@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
+from lightning.pytorch.plugins.precision import Precision
 from lightning.pytorch.trainer.states import TrainerFn
 
 from semseg.callbacks import ValidationPictures, per_image_miou
+from semseg.inference import InferenceSettings
 
 
 def test_per_image_miou_counts_only_the_classes_each_image_has_and_skips_ignored_pixels():
@@ -28,19 +32,53 @@ def test_pngs_are_redrawn_every_n_epochs_at_the_last_epoch_and_for_the_best_chec
     assert ValidationPictures(png_every_n_epochs=10)._draw_pngs(trainer) is expected
 
 
-def test_the_k_worst_images_are_kept_across_batches_and_k_0_keeps_none():
-    def batch(names: list[str], correct: list[float]) -> tuple[dict, dict]:
-        masks = torch.zeros(len(names), 1, 10, dtype=torch.long)
-        preds = masks.clone()
-        for i, share in enumerate(correct):
-            preds[i, 0, round(share * 10) :] = 1  # wrong from there on
-        images = torch.zeros(len(names), 3, 1, 10)
-        return {"preds": preds}, {"mask": masks, "image": images, "name": names}
+class PredictionInChannel0(torch.nn.Module):
+    """A 'network' whose prediction is written in its input's channel 0 (0 or 1, two classes)."""
 
-    module = SimpleNamespace(hparams=SimpleNamespace(num_classes=2, ignore_index=255), normalization=([0] * 3, [1] * 3))
-    trainer = SimpleNamespace(is_global_zero=True, sanity_checking=False)
+    def __init__(self):
+        super().__init__()
+        self.unused = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return torch.stack([1 - images[:, 0], images[:, 0]], dim=1)
+
+
+class ValidationSet:
+    def __init__(self, samples: list[dict]):
+        self.samples = samples
+        self.pairs = [(Path(f"{s['name']}.png"), Path(f"{s['name']}.png")) for s in samples]
+
+    def __getitem__(self, index: int) -> dict:
+        return self.samples[index]
+
+
+def test_the_k_worst_images_are_found_across_batches_and_k_0_keeps_none():
+    names, correct = ["a", "b", "c", "d"], [0.9, 0.2, 0.5, 1.0]
+    masks = torch.zeros(4, 1, 10, dtype=torch.long)
+    preds = masks.clone()
+    for i, share in enumerate(correct):
+        preds[i, 0, round(share * 10) :] = 1  # wrong from there on
+    images = torch.zeros(4, 3, 1, 10)
+    images[:, 0] = preds.float()
+    samples = [{"image": images[i], "mask": masks[i], "name": names[i]} for i in range(4)]
+    module = SimpleNamespace(
+        hparams=SimpleNamespace(num_classes=2, ignore_index=255), normalization=([0] * 3, [1] * 3),
+        net=PredictionInChannel0(), inference=InferenceSettings.from_config(None), device=torch.device("cpu"),
+    )  # fmt: skip
+    trainer = SimpleNamespace(
+        is_global_zero=True, sanity_checking=False, precision_plugin=Precision(),
+        val_dataloaders=SimpleNamespace(dataset=ValidationSet(samples)),
+    )  # fmt: skip
     for k, expected in ((2, ["b", "c"]), (0, [])):
         pictures = ValidationPictures(worst_k=k)
-        for outputs, data in (batch(["a", "b"], [0.9, 0.2]), batch(["c", "d"], [0.5, 1.0])):
-            pictures.on_validation_batch_end(trainer, module, outputs, data, 0)
+        pictures.chosen = {"c"}  # an example: its pixels are kept; "b" is predicted again at the end
+        for batch in (slice(0, 2), slice(2, 4)):
+            data = {"mask": masks[batch], "image": images[batch], "name": names[batch]}
+            pictures.on_validation_batch_end(trainer, module, {"preds": preds[batch]}, data, 0)
+        pictures.gather(trainer, module)
         assert [s.name for s in pictures.worst] == expected
+        assert [s.name for s in pictures.examples] == ["c"]
+        for shown in pictures.worst:
+            i = names.index(shown.name)
+            assert np.array_equal(shown.prediction, preds[i].numpy()) and np.array_equal(shown.mask, masks[i].numpy())
+            assert shown.miou == pytest.approx((correct[i] + 0) / 2)  # class 0 IoU = the share; class 1 IoU 0

@@ -27,12 +27,12 @@ SYNCING = ("item", "tolist", "__bool__", "__float__", "__int__", "cpu", "numpy")
 
 
 class SyncsPerStep(L.Callback):
-    """Counts syncing calls between the start of one training batch and the next (the batch's
-    optimizer step, callbacks and module hooks included), per batch index."""
+    """Counts syncing calls between the start of one batch and the next (the batch's optimizer
+    step, callbacks and module hooks included), per (stage, batch index); not between epochs."""
 
     def __init__(self):
-        self.batch: int | None = None
-        self.calls: Counter[int] = Counter()
+        self.batch: tuple[str, int] | None = None
+        self.calls: Counter[tuple[str, int]] = Counter()
         self.callers: list[str] = []
 
     def record(self) -> None:
@@ -44,7 +44,13 @@ class SyncsPerStep(L.Callback):
                 self.callers.append(f"{self.batch} {caller.filename}:{caller.lineno}")
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
-        self.batch = batch_idx
+        self.batch = ("train", batch_idx)
+
+    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self.batch = ("val", batch_idx)
+
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        self.batch = None  # (callbacks' epoch-end hooks run before the module's metric computation)
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         self.batch = None
@@ -69,15 +75,18 @@ def test_training_steps_do_not_synchronise_with_the_device(make_cfg, monkeypatch
 
         monkeypatch.setattr(torch.Tensor, name, counted)
     # 8 images, batch 2: 4 steps; logging and the progress bar every 2 steps (every 10 by default).
-    cfg = make_cfg("data.batch_size=2", "trainer.log_every_n_steps=2", "callbacks.progress_bar.refresh_rate=2")
+    # Pictures on: ValidationPictures looks at every validation batch.
+    cfg = make_cfg(
+        "data.batch_size=2", "trainer.log_every_n_steps=2", "callbacks.progress_bar.refresh_rate=2", pictures=True
+    )
     with open_dict(cfg):
         cfg.callbacks.syncs = {"_target_": "tests.test_speed.the_counter"}
     monkeypatch.setattr("tests.test_speed.COUNTER", counter)
     train(cfg)
     # Only where Lightning logs or refreshes the progress bar (after steps 2 and 4: batch indices 1
-    # and 3; the module's non-finite check rides on the logging steps).
-    assert set(counter.calls) <= {1, 3}, (counter.calls, counter.callers)
-    assert counter.calls[1] > 0  # the counting works: logging does sync
+    # and 3; the module's non-finite check rides on the logging steps); no validation batch.
+    assert set(counter.calls) <= {("train", 1), ("train", 3)}, (counter.calls, counter.callers)
+    assert counter.calls["train", 1] > 0  # the counting works: logging does sync
 
 
 def test_the_benchmark_runs_every_part_and_writes_its_results(tiny_root: Path, tmp_path: Path):

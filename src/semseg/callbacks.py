@@ -24,6 +24,7 @@ from lightning.pytorch.strategies.launchers.subprocess_script import _Subprocess
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from semseg.inference import predict_logits
 from semseg.visualize import to_display
 
 EXAMPLES, WORST = "val/examples", "val/worst"
@@ -71,47 +72,74 @@ class ValidationPictures(L.Callback):
         self.examples: list[Shown] = []
         self.worst: list[Shown] = []
         self.history: list[dict[str, float]] = []
+        self._clear_epoch()
+
+    def _clear_epoch(self) -> None:
+        # Filled during an epoch with device tensors only, read once at its end (gather): reading a
+        # score or copying a picture at each batch would make the host wait for the GPU every batch.
+        self._scores: list[torch.Tensor] = []
+        self._names: list[str] = []
+        self._kept: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
 
     def _active(self, trainer: L.Trainer) -> bool:
         return trainer.is_global_zero and not trainer.sanity_checking
 
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.examples, self.worst = [], []
+        self._clear_epoch()
         if not self.chosen:
             names = sorted(pair[0].stem for pair in trainer.val_dataloaders.dataset.pairs)
             rng = np.random.default_rng(self.seed)
             self.chosen = {names[i] for i in rng.choice(len(names), min(self.num_images, len(names)), replace=False)}
-
-    def _worst_threshold(self) -> float:
-        """The per-image mIoU an image must be below to join the k worst so far."""
-        return self.worst[-1].miou if len(self.worst) >= self.worst_k else math.inf
 
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
         if not self._active(trainer) or not outputs:
             return
         hp = pl_module.hparams
         preds, masks = outputs["preds"], batch["mask"]
-        scores = per_image_miou(preds, masks, hp.num_classes, hp.ignore_index).tolist()
+        self._scores.append(per_image_miou(preds, masks, hp.num_classes, hp.ignore_index))
+        self._names.extend(batch["name"])
         for i, name in enumerate(batch["name"]):
-            worse = self.worst_k > 0 and not math.isnan(scores[i]) and scores[i] < self._worst_threshold()
-            if name not in self.chosen and not worse:
-                continue
-            mean, std = pl_module.normalization
-            shown = Shown(
-                name,
-                to_display(batch["image"][i].float().cpu().numpy(), mean, std),
-                masks[i].cpu().numpy(),
-                preds[i].cpu().numpy(),
-                scores[i],
-            )
-            if name in self.chosen:
-                self.examples.append(shown)
-            if worse:
-                self.worst = sorted([*self.worst, shown], key=lambda s: s.miou)[: self.worst_k]
+            if name in self.chosen:  # names are host strings: choosing needs no wait
+                self._kept[name] = (batch["image"][i].clone(), masks[i].clone(), preds[i].clone())
+
+    def gather(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """The epoch's examples and its ``worst_k`` images (lowest per-image mIoU, the first seen
+        among equals), from what the batches left on the device: the epoch's one wait for it.
+
+        A worst image that is not an example is predicted again, alone (its pixels were not kept:
+        which images are worst is known only now, and keeping every prediction costs memory)."""
+        scores = dict(zip(self._names, torch.cat(self._scores).tolist() if self._scores else [], strict=True))
+        mean, std = pl_module.normalization
+
+        def shown(name: str, image: torch.Tensor, mask: torch.Tensor, prediction: torch.Tensor) -> Shown:
+            display = to_display(image.float().cpu().numpy(), mean, std)
+            return Shown(name, display, mask.cpu().numpy(), prediction.cpu().numpy(), scores[name])
+
+        self.examples = [shown(name, *kept) for name, kept in self._kept.items()]
+        ranked = sorted((name for name in scores if not math.isnan(scores[name])), key=scores.__getitem__)
+        self.worst = [
+            shown(name, *(self._kept.get(name) or self._predict_again(trainer, pl_module, name)))
+            for name in ranked[: self.worst_k]
+        ]
+        self._clear_epoch()
+
+    @staticmethod
+    def _predict_again(trainer: L.Trainer, pl_module, name: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(image, mask, prediction) of one validation image, predicted as validation predicts."""
+        dataset = trainer.val_dataloaders.dataset
+        index = next(i for i, pair in enumerate(dataset.pairs) if pair[0].stem == name)
+        sample = dataset[index]
+        image = sample["image"].to(pl_module.device)
+        # The validation's precision; eager, so a compiled network does not compile a new shape.
+        with trainer.precision_plugin.forward_context(), torch.compiler.set_stance("force_eager"):
+            logits = predict_logits(pl_module.net, image[None], pl_module.inference)
+        return image, sample["mask"], logits[0].argmax(dim=0)
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not self._active(trainer):
             return
+        self.gather(trainer, pl_module)
         hp = pl_module.hparams
         confusion = pl_module.last_confusion.get("val")
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
