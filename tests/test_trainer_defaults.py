@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
+from semseg.errors import ConfigError
+from semseg.train import train
 from semseg.trainer_defaults import trainer_kwargs
 from tests.conftest import compose_cfg
 
@@ -44,3 +48,35 @@ def test_explicit_choices_and_determinism_win_over_the_defaults(fake_gpu):
     assert trainer_kwargs(deterministic.trainer, deterministic.data)["benchmark"] is None
     cpu = compose_cfg(["trainer=cpu", "data.crop_size=[32,32]"])
     assert trainer_kwargs(cpu.trainer, cpu.data)["precision"] == "32-true"  # asked for the CPU
+
+
+def test_asking_for_absent_gpus_is_a_config_error_naming_the_key_and_the_fix(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    with pytest.raises(
+        ConfigError, match=r"trainer.accelerator=gpu .* no CUDA GPU \(CUDA_VISIBLE_DEVICES=''\).*Fix: trainer=cpu"
+    ):
+        trainer_kwargs(compose_cfg(["trainer=gpu"]).trainer)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)  # Apple's GPU: Lightning's "gpu" too
+    assert trainer_kwargs(compose_cfg(["trainer=gpu"]).trainer)["accelerator"] == "gpu"
+    with pytest.raises(ConfigError, match=r"trainer\.accelerator=cuda"):
+        trainer_kwargs(compose_cfg(["trainer=gpu", "trainer.accelerator=cuda"]).trainer)
+
+
+@pytest.mark.parametrize(("devices", "needed"), [("4", 4), ("[0,2]", 3)])
+def test_more_gpus_than_visible_is_a_config_error(fake_gpu, monkeypatch: pytest.MonkeyPatch, devices: str, needed: int):
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    with pytest.raises(ConfigError, match=rf"trainer.devices=.* needs {needed} GPUs, but PyTorch sees 2.*Fix"):
+        trainer_kwargs(compose_cfg(["trainer=ddp", f"trainer.devices={devices}"]).trainer)
+    for fits in ("-1", "2", "[1]", "auto"):
+        trainer_kwargs(compose_cfg(["trainer=ddp", f"trainer.devices={fits}"]).trainer)
+
+
+def test_train_stops_before_writing_anything_when_the_gpu_is_absent(make_cfg, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    cfg = make_cfg("trainer=gpu")
+    with pytest.raises(ConfigError, match=r"trainer\.accelerator=gpu"):
+        train(cfg)
+    assert not Path(cfg.output_dir).exists()

@@ -29,7 +29,7 @@ from semseg.files import write_json_atomic
 from semseg.loggers import build_logger, finish_logger, run_identity, wandb_run_id
 from semseg.models import count_gflops, count_parameters
 from semseg.module import SegmentationModule
-from semseg.trainer_defaults import trainer_kwargs
+from semseg.trainer_defaults import check_gpus_exist, trainer_kwargs
 
 log = logging.getLogger(__name__)
 
@@ -133,6 +133,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         The best checkpoint's ``val/*`` metrics and, when a labelled test split exists, its
         ``test/*`` metrics; also written to ``<output_dir>/metrics.json``.
     """
+    check_gpus_exist(cfg.trainer)  # before any output: asking for absent GPUs is a config error
     output_dir = Path(cfg.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     seed = L.seed_everything(cfg.seed, workers=True)

@@ -12,10 +12,13 @@ Lightning has none of these as defaults (32-true, benchmark off, "highest"), hen
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 
 import torch
 from omegaconf import DictConfig, OmegaConf
+
+from semseg.errors import ConfigError
 
 GPU_ACCELERATORS = ("auto", "gpu", "cuda")
 
@@ -28,6 +31,7 @@ def uses_cuda(trainer: Mapping) -> bool:
 def trainer_kwargs(trainer: DictConfig | Mapping, data: DictConfig | Mapping | None = None) -> dict:
     """``cfg.trainer`` as keyword arguments of ``lightning.Trainer``, ``auto``/``null`` resolved."""
     kwargs = OmegaConf.to_container(trainer, resolve=True) if isinstance(trainer, DictConfig) else dict(trainer)
+    check_gpus_exist(kwargs)
     cuda = uses_cuda(kwargs)
     if kwargs.get("precision", "auto") == "auto":
         kwargs["precision"] = "bf16-mixed" if cuda and torch.cuda.is_bf16_supported() else "32-true"
@@ -37,3 +41,29 @@ def trainer_kwargs(trainer: DictConfig | Mapping, data: DictConfig | Mapping | N
     if cuda:
         torch.set_float32_matmul_precision("high")
     return kwargs
+
+
+def check_gpus_exist(trainer: Mapping) -> None:
+    """Raises ``ConfigError`` (the key and the fix) when the config asks for GPUs this machine
+    does not have; Lightning's own error is a traceback ending in "No supported gpu backend found!"."""
+    accelerator = str(trainer.get("accelerator", "auto"))
+    if accelerator not in ("gpu", "cuda"):
+        return
+    # Lightning's "gpu" is CUDA or Apple's MPS; "cuda" is CUDA only.
+    mps = accelerator == "gpu" and torch.backends.mps.is_available()
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    where = f" (CUDA_VISIBLE_DEVICES={visible!r})" if visible is not None else ""
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if count == 0 and not mps:
+        raise ConfigError(
+            f"trainer.accelerator={accelerator} asks for a GPU, but PyTorch sees no CUDA GPU{where}. "
+            "Fix: trainer=cpu (or trainer.accelerator=auto, which takes a GPU when there is one), or "
+            "check the driver (nvidia-smi) and that torch is a CUDA build."
+        )
+    devices = trainer.get("devices", "auto")
+    wanted = max(devices) + 1 if isinstance(devices, list) and devices else devices
+    if not mps and isinstance(wanted, int) and wanted > count:
+        raise ConfigError(
+            f"trainer.devices={devices} needs {wanted} GPUs, but PyTorch sees {count}{where}. "
+            f"Fix: trainer.devices={count} (or -1: every visible GPU)."
+        )
