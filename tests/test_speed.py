@@ -99,7 +99,8 @@ def test_the_benchmark_runs_every_part_and_writes_its_results(tiny_root: Path, t
     result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=os.environ)
     assert result.returncode == 0, result.stderr[-3000:]
     results = json.loads((run / "benchmark.json").read_text())
-    for key in ("pipeline_over_plain", "loader_over_consumption", "pipeline_images_per_s", "loader_images_per_s"):
+    ratios = ("pipeline_over_plain", "loader_over_consumption", "fused_over_unfused")
+    for key in (*ratios, "pipeline_images_per_s", "loader_images_per_s", "fused_images_per_s"):
         assert 0 < results[key] < float("inf"), key
     assert 0 < results["scan_s"] < 60
     rows = results["models"]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 from hydra import compose
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from semseg.bench.models import bench_model
 from semseg.bench.scan import scan_seconds
@@ -89,7 +89,24 @@ def models_part(cfg: DictConfig) -> list[dict]:
     return rows
 
 
-PARTS = {"pipeline": pipeline_part, "loader": loader_part, "models": models_part}
+def optimizer_part(cfg: DictConfig) -> dict:
+    """(e) Training steps (one batch already on the device) with the configured optimizer against
+    the same optimizer with ``fused: false``: what the fused default gains."""
+    if "fused" not in cfg.optimizer:
+        raise ConfigError(f"bench.parts: 'optimizer' compares optimizer.fused true and false; {cfg.optimizer._target_} "
+                          "in this config has no fused key. Fix: leave 'optimizer' out of bench.parts.")  # fmt: skip
+    unfused = cfg.copy()
+    with open_dict(unfused):
+        unfused.optimizer.fused = False
+
+    def unfused_steps(_cfg: DictConfig, warmup: int, steps: int) -> float:
+        return consumption_images_per_s(unfused, warmup, steps)
+
+    fused, plain, ratios = side_by_side(consumption_images_per_s, unfused_steps, cfg)
+    return {"fused_images_per_s": fused, "unfused_images_per_s": plain, "fused_over_unfused": median(ratios)}
+
+
+PARTS = {"pipeline": pipeline_part, "loader": loader_part, "models": models_part, "optimizer": optimizer_part}
 
 
 def run_benchmark(cfg: DictConfig) -> dict:
@@ -127,6 +144,11 @@ def summary(results: dict, scan_pairs: int) -> str:
         )
     if "scan_s" in results:
         lines.append(f"(d) scan of {scan_pairs} pairs: {results['scan_s']:.3f} s (target < {TARGETS['scan_s']:g} s)")
+    if "fused_over_unfused" in results:
+        lines.append(
+            f"(e) training step, fused / unfused optimizer: {results['fused_over_unfused']:.2f}x "
+            f"({results['fused_images_per_s']:.1f} vs {results['unfused_images_per_s']:.1f} images/s)"
+        )
     if results.get("models"):
         header = ["model", "precision", "channels_last", "compile", "images/s", "peak GB", "GFLOPs/img", "MFU"]
         rows = [
