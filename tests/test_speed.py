@@ -17,9 +17,11 @@ import pytest
 import torch
 from omegaconf import open_dict
 
+from semseg.bench.run import check_parts
 from semseg.bench.scan import scan_seconds
+from semseg.errors import ConfigError
 from semseg.train import train
-from tests.conftest import TINY_ENCODER
+from tests.conftest import TINY_ENCODER, compose_named
 
 ROOT = Path(__file__).resolve().parents[1]
 # Tensor methods that wait for the device's queued work when the tensor lives on a GPU.
@@ -111,3 +113,12 @@ def test_the_benchmark_runs_every_part_and_writes_its_results(tiny_root: Path, t
 
 def test_the_scan_pairs_every_file(tmp_path: Path):
     assert scan_seconds(500, repeats=1) > 0  # and raises if any of the 500 pairs were missed
+
+
+def test_parts_that_cannot_run_stop_the_benchmark_before_any_part_runs():
+    with pytest.raises(ConfigError, match=r"unknown part 'nope'"):
+        check_parts(compose_named("benchmark", ["bench.parts=[scan,nope]"]))
+    without_fused = compose_named("benchmark", ["~optimizer.fused", "bench.parts=[optimizer]"])
+    with pytest.raises(ConfigError, match=r"no fused key\. Fix: leave 'optimizer' out of bench\.parts"):
+        check_parts(without_fused)
+    check_parts(compose_named("benchmark"))  # the shipped parts

@@ -92,9 +92,6 @@ def models_part(cfg: DictConfig) -> list[dict]:
 def optimizer_part(cfg: DictConfig) -> dict:
     """(e) Training steps (one batch already on the device) with the configured optimizer against
     the same optimizer with ``fused: false``: what the fused default gains."""
-    if "fused" not in cfg.optimizer:
-        raise ConfigError(f"bench.parts: 'optimizer' compares optimizer.fused true and false; {cfg.optimizer._target_} "
-                          "in this config has no fused key. Fix: leave 'optimizer' out of bench.parts.")  # fmt: skip
     unfused = cfg.copy()
     with open_dict(unfused):
         unfused.optimizer.fused = False
@@ -109,19 +106,30 @@ def optimizer_part(cfg: DictConfig) -> dict:
 PARTS = {"pipeline": pipeline_part, "loader": loader_part, "models": models_part, "optimizer": optimizer_part}
 
 
+def check_parts(cfg: DictConfig) -> None:
+    """Raises ``ConfigError`` for a part that cannot run, before any part has spent minutes."""
+    for part in cfg.bench.parts:
+        if part != "scan" and part not in PARTS:
+            raise ConfigError(f"bench.parts: unknown part {part!r}; choose from {[*PARTS, 'scan']}.")
+    if "optimizer" in cfg.bench.parts and "fused" not in cfg.optimizer:
+        raise ConfigError(
+            f"bench.parts: 'optimizer' compares optimizer.fused true and false, and {cfg.optimizer._target_} "
+            "in this config has no fused key. Fix: leave 'optimizer' out of bench.parts."
+        )
+
+
 def run_benchmark(cfg: DictConfig) -> dict:
     """Runs ``cfg.bench.parts``; prints the results and writes ``<output_dir>/benchmark.json``."""
+    check_parts(cfg)
     device = bench_device(cfg)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
     results: dict = {"device": name, "settings": OmegaConf.to_container(cfg.bench, resolve=True)}
     for part in cfg.bench.parts:
         if part == "scan":
             results["scan_s"] = scan_seconds(cfg.bench.scan_pairs)
-        elif part in PARTS:
+        else:
             value = PARTS[part](cfg)
             results |= {"models": value} if part == "models" else value
-        else:
-            raise ConfigError(f"bench.parts: unknown part {part!r}; choose from {[*PARTS, 'scan']}.")
     print(summary(results, cfg.bench.scan_pairs))
     write_json_atomic(Path(cfg.output_dir) / "benchmark.json", results)
     return results
