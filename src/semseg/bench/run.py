@@ -31,37 +31,31 @@ log = logging.getLogger(__name__)
 TARGETS = {"pipeline_over_plain": 0.97, "loader_over_consumption": 2.0, "scan_s": 2.0}
 
 
-def side_by_side(first, second, cfg: DictConfig) -> tuple[float, float, list[float]]:
+def side_by_side(first, second, cfg: DictConfig, names: tuple[str, str], ratio: str) -> dict:
     """Alternates two measurements ``cfg.bench.repeats`` times (so that drifts of the machine hit
-    both alike): the median of each, and each repeat's ratio first / second."""
+    both alike): the median of each under ``names``, the median of the per-repeat ratios first /
+    second under ``ratio``, and each repeat's ratio under ``<ratio>_each``."""
     bench = cfg.bench
     a, b = [], []
     for _ in range(bench.repeats):
         b.append(second(cfg, bench.warmup, bench.steps))
         a.append(first(cfg, bench.warmup, bench.steps))
-    return median(a), median(b), [x / y for x, y in zip(a, b, strict=True)]
+    ratios = [x / y for x, y in zip(a, b, strict=True)]
+    return {names[0]: median(a), names[1]: median(b), ratio: median(ratios), f"{ratio}_each": ratios}
 
 
 def pipeline_part(cfg: DictConfig) -> dict:
-    """(a) The pipeline against the plain loop: the median of the per-repeat ratios."""
-    pipeline, plain, ratios = side_by_side(pipeline_images_per_s, plain_loop_images_per_s, cfg)
-    return {
-        "pipeline_images_per_s": pipeline,
-        "plain_loop_images_per_s": plain,
-        "pipeline_over_plain": median(ratios),
-        "pipeline_over_plain_each": ratios,
-    }
+    """(a) The pipeline against the plain loop."""
+    names = ("pipeline_images_per_s", "plain_loop_images_per_s")
+    return side_by_side(pipeline_images_per_s, plain_loop_images_per_s, cfg, names, "pipeline_over_plain")
 
 
 def loader_part(cfg: DictConfig) -> dict:
     """(b) The data loader alone against the model's consumption (data already on the device)."""
-    loader, consumption, ratios = side_by_side(loader_images_per_s, consumption_images_per_s, cfg)
-    return {
-        "loader_images_per_s": loader,
-        "consumption_images_per_s": consumption,
-        "loader_over_consumption": median(ratios),
-        "num_workers": default_num_workers() if cfg.data.num_workers is None else cfg.data.num_workers,
-    }
+    names = ("loader_images_per_s", "consumption_images_per_s")
+    workers = default_num_workers() if cfg.data.num_workers is None else cfg.data.num_workers
+    measured = side_by_side(loader_images_per_s, consumption_images_per_s, cfg, names, "loader_over_consumption")
+    return {**measured, "num_workers": workers}
 
 
 def models_part(cfg: DictConfig) -> list[dict]:
@@ -99,13 +93,8 @@ def optimizer_part(cfg: DictConfig) -> dict:
     def unfused_steps(_cfg: DictConfig, warmup: int, steps: int) -> float:
         return consumption_images_per_s(unfused, warmup, steps)
 
-    fused, plain, ratios = side_by_side(consumption_images_per_s, unfused_steps, cfg)
-    return {
-        "fused_images_per_s": fused,
-        "unfused_images_per_s": plain,
-        "fused_over_unfused": median(ratios),
-        "fused_over_unfused_each": ratios,
-    }
+    names = ("fused_images_per_s", "unfused_images_per_s")
+    return side_by_side(consumption_images_per_s, unfused_steps, cfg, names, "fused_over_unfused")
 
 
 PARTS = {"pipeline": pipeline_part, "loader": loader_part, "models": models_part, "optimizer": optimizer_part}
