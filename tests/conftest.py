@@ -18,7 +18,9 @@ CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 NO_PICTURES = "callbacks.validation_pictures=null"
 # Tests train on timm's test ResNet (0.45 M parameters, the same five strides as ResNet-18): a
 # ResNet-18 U-Net checkpoint with its AdamW state is ~170 MB, and saving it twice a run was half of
-# each tiny training's time and ~24 GB of disk a suite. tests/models cover ResNet-18 itself.
+# each tiny training's time and ~24 GB of disk a suite. tests/models cover ResNet-18 itself. The
+# command-line tests take it as an override in CHEAP (they train the default U-Net); make_cfg sets
+# it after composing (with_tiny_encoder).
 TINY_ENCODER = "model.encoder_name=tu-test_resnet"
 # Every test run of train(): CPU, one small epoch, no W&B and no pictures unless a test asks.
 CHEAP = [
