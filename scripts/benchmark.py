@@ -1,7 +1,8 @@
 """Speed: `python scripts/benchmark.py [overrides]` (see conf/benchmark.yaml; `make bench`).
 
-Prints the pipeline/plain-loop and loader/consumption ratios, the scan time of a 10,000-pair
-folder and a per-architecture table; writes them to <output_dir>/benchmark.json."""
+Prints the pipeline/plain-loop, loader/consumption and fused/unfused-optimizer ratios, the scan
+time of a 10,000-pair folder and a per-architecture table; writes them to
+<output_dir>/benchmark.json."""
 
 import hydra
 from omegaconf import DictConfig
