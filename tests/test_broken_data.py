@@ -215,9 +215,7 @@ def check_only(cfg, monkeypatch: pytest.MonkeyPatch) -> None:
 
 def first_train_sample(root: Path) -> dict:
     """Train pair 1 (the one ACCEPTED changes) as the data module gives it, pixel values unscaled."""
-    dm = SegmentationDataModule(
-        str(root), num_classes=NUM_CLASSES, mean=[0.0] * 3, std=[1 / 255] * 3, num_workers=0, augment=None
-    )
+    dm = SegmentationDataModule(str(root), num_classes=NUM_CLASSES, num_workers=0, augment=None)
     dm.setup("fit")
     return dm.datasets["train"][1]
 

@@ -12,6 +12,7 @@ from lightning.pytorch.plugins.precision import Precision
 from lightning.pytorch.trainer.states import TrainerFn
 
 from semseg.callbacks import ValidationPictures, per_image_miou
+from semseg.data.batch import BatchPreparer
 from semseg.inference import InferenceSettings
 
 
@@ -60,10 +61,14 @@ def test_the_k_worst_images_are_found_across_batches_and_k_0_keeps_none():
         preds[i, 0, round(share * 10) :] = 1  # wrong from there on
     images = torch.zeros(4, 3, 1, 10)
     images[:, 0] = preds.float()
-    samples = [{"image": images[i], "mask": masks[i], "name": names[i]} for i in range(4)]
+    # The data set's samples are uint8, as the loader gives them; batches reach the callback
+    # prepared (float images, int64 masks), as Lightning hands them over.
+    samples = [{"image": images[i].byte(), "mask": masks[i].byte(), "name": names[i]} for i in range(4)]
+    identity = BatchPreparer([0.0] * 3, [1 / 255] * 3, 255)  # uint8 0/1 -> float 0/1
     module = SimpleNamespace(
-        hparams=SimpleNamespace(num_classes=2, ignore_index=255), normalization=([0] * 3, [1] * 3),
+        hparams=SimpleNamespace(num_classes=2, ignore_index=255), normalization=([0] * 3, [1 / 255] * 3),
         net=PredictionInChannel0(), inference=InferenceSettings.from_config(None), device=torch.device("cpu"),
+        prepare_batch=identity,
     )  # fmt: skip
     trainer = SimpleNamespace(
         is_global_zero=True, sanity_checking=False, precision_plugin=Precision(),

@@ -10,12 +10,12 @@ import pytest
 import torch
 
 from semseg.data import SegmentationDataModule
-from semseg.data.dataset import MASK_PAD_CODE, list_pairs
+from semseg.data.batch import MASK_PAD_CODE, BatchPreparer
+from semseg.data.dataset import list_pairs
+from semseg.data.samples import FileSamples
 from semseg.data.synthetic import SyntheticSpec, generate
 from semseg.data.transforms import build_transforms
 from semseg.errors import DataError
-
-IDENTITY = {"mean": [0.0, 0.0, 0.0], "std": [1 / 255] * 3}  # Normalize leaves 0..255 values as they are
 
 
 def write_pair(
@@ -45,8 +45,6 @@ def datamodule(root: Path, **kwargs) -> SegmentationDataModule:
     args = {
         "num_classes": 2,
         "in_channels": 1,
-        "mean": [0.0],
-        "std": [1 / 255],
         "num_workers": 0,
         "batch_size": 2,
         "augment": None,
@@ -54,6 +52,12 @@ def datamodule(root: Path, **kwargs) -> SegmentationDataModule:
     dm = SegmentationDataModule(str(root), **args)
     dm.setup("fit")
     return dm
+
+
+def targets(dm: SegmentationDataModule, batch: dict) -> torch.Tensor:
+    """A batch's masks as the loss sees them (int64, ignore_index where ignored), after the
+    module's preparation on the device."""
+    return BatchPreparer([0.0], [1.0], dm.ignore_index)({"image": batch["image"], "mask": batch["mask"]})["mask"]
 
 
 def test_pairs_are_matched_by_stem_across_extensions(tmp_path: Path):
@@ -82,16 +86,16 @@ def test_empty_split_is_an_error(tmp_path: Path):
         list_pairs(tmp_path, "val")
 
 
-def test_zero_255_masks_without_label_map_are_refused_with_the_fix(tmp_path: Path):
-    dm = datamodule(binary_folder(tmp_path))
+@pytest.mark.parametrize("cache", ["off", "memory"])
+def test_zero_255_masks_without_label_map_are_refused_with_the_fix(tmp_path: Path, cache: str):
     with pytest.raises(DataError, match=r"train0\.png: mask values \[255\].*data\.label_map"):
-        dm.datasets["train"][0]
+        datamodule(binary_folder(tmp_path), cache=cache).datasets["train"][0]
 
 
 def test_label_map_turns_stored_values_into_classes(tmp_path: Path):
     dm = datamodule(binary_folder(tmp_path), label_map={0: 0, 255: 1})
     sample = dm.datasets["val"][0]
-    assert sample["mask"].dtype == torch.long
+    assert sample["mask"].dtype == sample["image"].dtype == torch.uint8  # as stored, until the device
     assert sample["mask"].unique().tolist() == [0, 1]
     assert int((sample["mask"] == 1).sum()) == 12 * 14
     # The mask's square is where the image is bright.
@@ -101,21 +105,21 @@ def test_label_map_turns_stored_values_into_classes(tmp_path: Path):
 @pytest.mark.parametrize("ignore_index", [255, 11])
 def test_stored_ignore_value_reaches_the_target_as_ignore_index(tmp_path: Path, ignore_index: int):
     dm = datamodule(binary_folder(tmp_path, stored_values=(1, ignore_index)), ignore_index=ignore_index)
-    mask = dm.datasets["val"][0]["mask"]
-    assert set(mask.unique().tolist()) == {1, ignore_index}
+    batch = next(iter(dm.val_dataloader()))
+    assert set(batch["mask"].unique().tolist()) == {1, MASK_PAD_CODE}  # the loader's uint8 code
+    assert set(targets(dm, batch).unique().tolist()) == {1, ignore_index}
 
 
 def test_label_map_can_send_a_value_to_ignore(tmp_path: Path):
     dm = datamodule(binary_folder(tmp_path, stored_values=(0, 128)), label_map={0: 0, 128: -1}, ignore_index=-1)
-    assert set(dm.datasets["val"][0]["mask"].unique().tolist()) == {0, -1}
+    assert set(targets(dm, next(iter(dm.val_dataloader()))).unique().tolist()) == {0, -1}
 
 
 def test_colour_mask_is_refused(tmp_path: Path):
     write_pair(tmp_path, "train", "x", np.zeros((8, 8), np.uint8), np.zeros((8, 8, 3), np.uint8))
     write_pair(tmp_path, "val", "y", np.zeros((8, 8), np.uint8), np.zeros((8, 8), np.uint8))
-    dm = datamodule(tmp_path)
     with pytest.raises(DataError, match=r"x\.png: mask has 3 channels"):
-        dm.datasets["train"][0]
+        datamodule(tmp_path).datasets["train"][0]
 
 
 def test_size_mismatch_names_both_files(tmp_path: Path):
@@ -143,7 +147,7 @@ def test_augmentations_move_image_and_mask_together():
         {"_target_": "albumentations.RandomRotate90", "p": 0.5},
         {"_target_": "albumentations.Affine", "rotate": [-30, 30], "scale": [0.8, 1.2], "p": 1.0},
     ]
-    transform = build_transforms(train=True, crop_size=[32, 32], augment=augment, **IDENTITY)
+    transform = build_transforms(train=True, crop_size=[32, 32], augment=augment)
     kernel = np.ones((3, 3), np.uint8)
     for _ in range(50):
         out = transform(image=image, mask=mask)
@@ -159,7 +163,7 @@ def test_augmentations_move_image_and_mask_together():
 
 
 def test_crop_padding_fills_masks_with_the_ignore_code_never_a_class():
-    transform = build_transforms(train=True, crop_size=[48, 48], **IDENTITY)
+    transform = build_transforms(train=True, crop_size=[48, 48])
     out = transform(image=np.full((20, 20, 3), 7, np.uint8), mask=np.zeros((20, 20), np.uint8))
     values, counts = np.unique(out["mask"], return_counts=True)
     assert dict(zip(values.tolist(), counts.tolist(), strict=True)) == {0: 400, MASK_PAD_CODE: 48 * 48 - 400}
@@ -168,7 +172,7 @@ def test_crop_padding_fills_masks_with_the_ignore_code_never_a_class():
 def test_linear_mask_interpolation_is_refused():
     augment = [{"_target_": "albumentations.Affine", "mask_interpolation": 1}]
     with pytest.raises(DataError, match="mask_interpolation"):
-        build_transforms(train=True, augment=augment, **IDENTITY)
+        build_transforms(train=True, augment=augment)
 
 
 def test_batches_of_different_sizes_are_padded_with_ignore(tmp_path: Path):
@@ -178,15 +182,16 @@ def test_batches_of_different_sizes_are_padded_with_ignore(tmp_path: Path):
     dm = datamodule(tmp_path, ignore_index=9)
     batch = next(iter(dm.val_dataloader()))
     assert batch["image"].shape == (2, 1, 32, 40)
-    assert batch["mask"][1, 24:].eq(9).all() and batch["mask"][1, :, 32:].eq(9).all()
-    assert batch["mask"][1, :24, :32].eq(1).all()
+    mask = targets(dm, batch)
+    assert mask[1, 24:].eq(9).all() and mask[1, :, 32:].eq(9).all()
+    assert mask[1, :24, :32].eq(1).all()
 
 
-def test_dataset_is_lazy(tiny_root: Path):
-    dm = SegmentationDataModule(str(tiny_root), num_classes=5, mean=[0] * 3, std=[1] * 3, num_workers=0)
+def test_without_cache_the_dataset_is_lazy(tiny_root: Path):
+    dm = SegmentationDataModule(str(tiny_root), num_classes=5, num_workers=0, cache="off")
     dm.setup("fit")
     # Only paths are held: no decoded image lives on the dataset.
-    assert not any(isinstance(v, np.ndarray | torch.Tensor) for v in vars(dm.datasets["train"]).values())
+    assert isinstance(dm.datasets["train"].source, FileSamples)
 
 
 def test_synthetic_data_is_deterministic_with_a_rare_class(tmp_path: Path):
@@ -214,8 +219,6 @@ def test_isbi_config_reads_membranes_as_the_minority_class():
     dm = SegmentationDataModule(
         data.root,
         num_classes=data.num_classes,
-        mean=data.mean,
-        std=data.std,
         label_map=data.label_map,
         in_channels=data.in_channels,
         num_workers=0,

@@ -72,7 +72,7 @@ def test_an_empty_test_split_is_no_test_split(tmp_path: Path):
     (root / "masks" / "test").mkdir()
     report = inspect(root)
     assert report.ok and set(report.splits) == {"train", "val"}
-    dm = SegmentationDataModule(str(root), num_classes=2, in_channels=1, mean=[0], std=[1], num_workers=0)
+    dm = SegmentationDataModule(str(root), num_classes=2, in_channels=1, num_workers=0)
     assert not dm.has_test_split
 
 
@@ -140,7 +140,7 @@ def test_palette_masks_are_read_as_their_indices(tmp_path: Path):
     report = inspect(root)
     assert report.ok and report.splits["train"].counts.pixels.tolist() == [3 * (1024 - 168), 3 * 168]
     assert any("3 palette PNG mask(s)" in note for note in report.notes)
-    dm = SegmentationDataModule(str(root), num_classes=2, in_channels=1, mean=[0], std=[1], num_workers=0, augment=None)
+    dm = SegmentationDataModule(str(root), num_classes=2, in_channels=1, num_workers=0, augment=None)
     dm.setup("fit")
     assert dm.datasets["train"][0]["mask"].unique().tolist() == [0, 1]
 

@@ -127,6 +127,21 @@ def test_no_logger_still_writes_metrics(make_cfg):
     assert json.loads((Path(cfg.output_dir) / "metrics.json").read_text()) == metrics
 
 
+@pytest.mark.parametrize("off", ["trainer.limit_val_batches=0", "trainer.check_val_every_n_epoch=3"])
+def test_training_without_validation_tests_the_final_weights(make_cfg, off: str):
+    cfg = make_cfg(off, "trainer.max_epochs=2")
+    metrics = train(cfg)
+    checkpoints = Path(cfg.output_dir) / "checkpoints"
+    assert (checkpoints / "last.ckpt").is_file() and not (checkpoints / "best.ckpt").exists()
+    assert metrics["validation"] == "off" and metrics["checkpoint"] == "last"
+    assert not any(k.startswith("val/") for k in metrics)
+    assert 0.0 <= metrics["test/miou"] <= 1.0
+    assert json.loads((Path(cfg.output_dir) / "metrics.json").read_text()) == metrics
+    # The tested weights are the final ones, which last.ckpt holds.
+    last = torch.load(checkpoints / "last.ckpt", map_location="cpu", weights_only=True)
+    assert last["global_step"] == 2 * 2  # 2 epochs of 8 images in batches of 4
+
+
 def test_wandb_logs_offline_without_credentials(make_cfg, monkeypatch, tmp_path: Path, capsys, tiny_root: Path):
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.delenv("WANDB_MODE", raising=False)

@@ -130,11 +130,12 @@ class ValidationPictures(L.Callback):
         dataset = trainer.val_dataloaders.dataset
         index = next(i for i, pair in enumerate(dataset.pairs) if pair[0].stem == name)
         sample = dataset[index]
-        image = sample["image"].to(pl_module.device)
+        batch = {"image": sample["image"][None].to(pl_module.device), "mask": sample["mask"][None]}
+        batch = pl_module.prepare_batch(batch)
         # The validation's precision; eager, so a compiled network does not compile a new shape.
         with trainer.precision_plugin.forward_context(), torch.compiler.set_stance("force_eager"):
-            logits = predict_logits(pl_module.net, image[None], pl_module.inference)
-        return image, sample["mask"], logits[0].argmax(dim=0)
+            logits = predict_logits(pl_module.net, batch["image"], pl_module.inference)
+        return batch["image"][0], batch["mask"][0], logits[0].argmax(dim=0)
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not self._active(trainer):

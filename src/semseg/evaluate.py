@@ -115,7 +115,7 @@ def evaluate(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict[str, float]
     _check_fits(data, module)
     data["synthetic"] = None  # evaluate what is there; generating data is training's business
     log.info(f"evaluating {cfg.ckpt_path} on the {split} split of {data['root']} ({module.inference})")
-    loader = build_datamodule(data, module).evaluation_dataloader(split)
+    loader = build_datamodule(data).evaluation_dataloader(split)
 
     trainer = L.Trainer(
         **trainer_kwargs(cfg.trainer, data), logger=False, enable_checkpointing=False, default_root_dir=cfg.output_dir

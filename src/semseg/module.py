@@ -15,6 +15,7 @@ from lightning.pytorch.loggers import WandbLogger
 from torch import nn
 from torch.optim.lr_scheduler import LRScheduler
 
+from semseg.data.batch import BatchPreparer
 from semseg.errors import ConfigError, TrainingDiverged
 from semseg.inference import InferenceSettings, predict_logits
 from semseg.loggers import WANDB_RUN_ID_KEY
@@ -80,6 +81,7 @@ class SegmentationModule(L.LightningModule):
             self.hparams["palette"] = class_palette(num_classes).tolist()
         elif len(palette) != num_classes or any(len(c) != 3 or not all(0 <= v <= 255 for v in c) for c in palette):
             raise ConfigError(f"data.palette={list(palette)}: give one [R, G, B] (0-255) per class ({num_classes}).")
+        self.prepare_batch = BatchPreparer(*self.normalization, ignore_index)
         self.inference = InferenceSettings.from_config(inference)
         self.loss = build_loss(loss, num_classes, ignore_index, class_weights)
         self.confusion = nn.ModuleDict(
@@ -118,6 +120,12 @@ class SegmentationModule(L.LightningModule):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.net(images)
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """The loader's uint8 batch, now on this module's device, as the network and loss take it
+        (normalised float images, int64 targets): converting here, on the device, moves a quarter
+        of float32's bytes from host to GPU and keeps the per-pixel work off the loader."""
+        return self.prepare_batch(batch) if isinstance(batch, dict) and "image" in batch else batch
 
     def _shared_step(self, batch: dict[str, Any], stage: str) -> tuple[torch.Tensor, torch.Tensor | None]:
         images, masks = batch["image"], batch["mask"]

@@ -5,16 +5,18 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import albumentations as A
 import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
+from albumentations.pytorch import ToTensorV2
 from omegaconf import DictConfig
 from tqdm import tqdm
 
 from semseg.checkpoint import load_module
 from semseg.data.dataset import IMAGE_EXTENSIONS, index_images, read_image
-from semseg.data.transforms import build_transforms
+from semseg.data.transforms import resize_transform
 from semseg.errors import ConfigError, DataError, Problem, problems_message
 from semseg.files import write_bytes_atomic, write_json_atomic
 from semseg.inference import InferenceSettings, predict_logits
@@ -49,11 +51,11 @@ def _device(name: str) -> torch.device:
 
 
 def evaluation_transform(module: SegmentationModule):
-    """Training's evaluation transform for ``module``'s inputs (resize to the training
-    ``image_size`` if it had one, normalisation), so predictions match eval.py's."""
-    mean, std = module.normalization
+    """Training's evaluation steps for ``module``'s inputs (resize to the training ``image_size``
+    if it had one), so predictions match eval.py's; ``module.prepare_batch`` normalises."""
     input_size = (module.hparams.get("data") or {}).get("image_size")
-    return build_transforms(train=False, mean=mean, std=std, image_size=input_size)
+    steps = [] if input_size is None else [resize_transform(input_size)]
+    return A.Compose([*steps, ToTensorV2()])
 
 
 def predict_mask(
@@ -65,7 +67,8 @@ def predict_mask(
     """
     if transform is None:
         transform = evaluation_transform(module)
-    pixels = transform(image=image)["image"][None]
+    # Normalised where the image is (the CPU): tiling sends only tiles to the network's device.
+    pixels = module.prepare_batch({"image": transform(image=image)["image"][None]})["image"]
     logits = predict_logits(module.net, pixels, settings)
     height, width = image.shape[:2]
     if logits.shape[-2:] != (height, width):  # trained on resized images: scores back to this size

@@ -50,14 +50,19 @@ def _checkpoint(run: Run) -> Path | None:
     return None
 
 
-def _validation_set(run: Run, module: SegmentationModule):
+def _validation_set(run: Run):
     cfg = OmegaConf.load(run.folder / ".hydra" / "config.yaml")
     with open_dict(cfg):
         cfg.data.num_workers = 0
         cfg.data.synthetic = None  # read what is there; never generate from a report
-    datamodule = build_datamodule(cfg.data, module)
+    datamodule = build_datamodule(cfg.data)
     datamodule.setup("validate")
     return datamodule.datasets["val"]
+
+
+def _prepared(module: SegmentationModule, sample: dict) -> dict:
+    """One data-set sample as a batch of one, normalised as ``module``'s network expects."""
+    return module.prepare_batch({"image": sample["image"][None], "mask": sample["mask"][None]})
 
 
 def prediction_grid(runs: Sequence[Run], path: Path, num_images: int = 4, seed: int = 0) -> list[str]:
@@ -73,7 +78,7 @@ def prediction_grid(runs: Sequence[Run], path: Path, num_images: int = 4, seed: 
             notes.append(f"{run.folder}: no checkpoint, left out of the picture")
             continue
         module = load_module(checkpoint)
-        dataset = _validation_set(run, module)
+        dataset = _validation_set(run)
         names = [pair[0].stem for pair in dataset.pairs]
         if reference is None:
             rng = np.random.default_rng(seed)
@@ -83,7 +88,7 @@ def prediction_grid(runs: Sequence[Run], path: Path, num_images: int = 4, seed: 
             notes.append(f"{run.folder}: another validation set, left out of the picture")
             continue
         with torch.no_grad():
-            predictions = [module(dataset[i]["image"][None]).argmax(1)[0].numpy() for i in reference[1]]
+            predictions = [module(_prepared(module, dataset[i])["image"]).argmax(1)[0].numpy() for i in reference[1]]
         columns.append((run, predictions))
     if reference is None:
         return notes
@@ -95,10 +100,10 @@ def prediction_grid(runs: Sequence[Run], path: Path, num_images: int = 4, seed: 
     axes = np.atleast_2d(axes)
     common = set.intersection(*(set(r.overrides) for r, _ in columns)) if len(columns) > 1 else set()
     for row, index in enumerate(picked):
-        sample = dataset[index]
+        sample = _prepared(module, dataset[index])
         panels = [
-            ("image", to_display(sample["image"].numpy(), mean, std)),
-            ("ground truth", colorize(sample["mask"].numpy(), palette, hp.ignore_index)),
+            ("image", to_display(sample["image"][0].numpy(), mean, std)),
+            ("ground truth", colorize(sample["mask"][0].numpy(), palette, hp.ignore_index)),
         ]
         panels += [(run.name(common), colorize(p[row], palette, hp.ignore_index)) for run, p in columns]
         for col, (title, picture) in enumerate(panels):

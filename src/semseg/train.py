@@ -37,8 +37,8 @@ log = logging.getLogger(__name__)
 _DATA_KEYS_FOR_MODULE = ("mean", "std", "palette")
 
 
-def json_safe(metrics: dict[str, float]) -> dict[str, float | None]:
-    return {k: (None if math.isnan(v) else v) for k, v in metrics.items()}
+def json_safe(metrics: dict[str, float | str]) -> dict[str, float | str | None]:
+    return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in metrics.items()}
 
 
 def build_module(cfg: DictConfig, class_weights: list[float] | None = None) -> SegmentationModule:
@@ -73,15 +73,12 @@ def build_module(cfg: DictConfig, class_weights: list[float] | None = None) -> S
     )
 
 
-def build_datamodule(
-    data: DictConfig | Mapping, module: SegmentationModule, seed: int | None = None
-) -> SegmentationDataModule:
-    """The data module for a ``data`` config, normalising inputs as ``module`` expects."""
+def build_datamodule(data: DictConfig | Mapping, seed: int | None = None) -> SegmentationDataModule:
+    """The data module for a ``data`` config (``module`` normalises its batches on the device)."""
     if isinstance(data, DictConfig):
         data = OmegaConf.to_container(data, resolve=True)
     kwargs = {k: v for k, v in data.items() if k not in _DATA_KEYS_FOR_MODULE}
-    mean, std = module.normalization
-    return SegmentationDataModule(**kwargs, mean=mean, std=std, seed=seed)
+    return SegmentationDataModule(**kwargs, seed=seed)
 
 
 def build_run(cfg: DictConfig, seed: int) -> tuple[DataReport, SegmentationModule, SegmentationDataModule]:
@@ -95,7 +92,7 @@ def build_run(cfg: DictConfig, seed: int) -> tuple[DataReport, SegmentationModul
     if rank_zero:
         _log_class_weights(cfg.loss.get("class_weights"), report.class_names, class_weights)
     module = build_module(cfg, class_weights)
-    return report, module, build_datamodule(cfg.data, module, seed)
+    return report, module, build_datamodule(cfg.data, seed)
 
 
 def _log_class_weights(spec: object, class_names: list[str], weights: list[float] | None) -> None:
@@ -192,8 +189,11 @@ def _fit_and_evaluate(
     logger,
     report: DataReport,
     ckpt_path: str | None,
-) -> tuple[dict[str, float], dict]:
-    """Fits, then validates (and tests) the best checkpoint; returns its metrics and the run's costs."""
+) -> tuple[dict[str, float | str], dict]:
+    """Fits, then validates (and tests) the best checkpoint; returns its metrics and the run's costs.
+
+    Without validation there is no best checkpoint: the final weights are tested, and the metrics
+    say so (``validation: off``, ``checkpoint: last``)."""
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
     # Not config choices: resuming replays the same epochs only if every epoch is seeded alike,
     # and a failed rank 0 must not leave the other ranks waiting.
@@ -215,9 +215,22 @@ def _fit_and_evaluate(
 
     checkpoint = next((c for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint) and c.monitor), None)
     best = checkpoint.best_model_path if checkpoint and checkpoint.best_model_path else None
-    # Re-validating the best checkpoint gives every val/* metric at the best epoch, not only the
-    # monitored one.
-    metrics = dict(trainer.validate(module, datamodule=datamodule, ckpt_path=best, verbose=False, weights_only=True)[0])
+    metrics: dict[str, float | str] = {}
+    if best is None:
+        # Validation was off (limit_val_batches=0, or check_val_every_n_epoch beyond max_epochs):
+        # no best checkpoint exists, and the final weights are the result. Lightning saves the
+        # monitor-less last.ckpt after validation when it is not every epoch, so save it here.
+        last = next((c for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint) and not c.monitor), None)
+        if last is not None:  # every rank: saving has a barrier; rank 0 writes
+            trainer.save_checkpoint(Path(last.dirpath) / f"{last.filename}{last.FILE_EXTENSION}", weights_only=False)
+        log.info("no validation ran: the final weights (checkpoints/last.ckpt) are the result and are tested")
+        metrics = {"validation": "off", "checkpoint": "last"}
+    else:
+        # Re-validating the best checkpoint gives every val/* metric at the best epoch, not only the
+        # monitored one.
+        validated = trainer.validate(module, datamodule=datamodule, ckpt_path=best, verbose=False, weights_only=True)
+        metrics.update({k: float(v) for k, v in validated[0].items()})
     if cfg.get("run_test", True) and datamodule.has_test_split:
-        metrics.update(trainer.test(module, datamodule=datamodule, ckpt_path=best, weights_only=True)[0])
-    return {k: float(v) for k, v in metrics.items()}, run_info
+        tested = trainer.test(module, datamodule=datamodule, ckpt_path=best, weights_only=True)
+        metrics.update({k: float(v) for k, v in tested[0].items()})
+    return metrics, run_info

@@ -4,6 +4,8 @@ precision, memory format and torch.compile; and its share of the GPU's bf16 peak
 from __future__ import annotations
 
 import itertools
+import math
+import time
 from dataclasses import asdict, dataclass
 
 import torch
@@ -54,8 +56,10 @@ def bench_model(
     warmup: int,
     steps: int,
     device: torch.device,
+    deadline: float = math.inf,
 ) -> list[ModelResult]:
-    """Forward+backward images/s of one architecture for every combination of the settings."""
+    """Forward+backward images/s of one architecture for every combination of the settings, in
+    order, until ``time.monotonic()`` passes ``deadline`` (the rest are left out)."""
     cfg = dict(model_cfg) | {"encoder_weights": None}
     forward_gflops = count_gflops(build_model(cfg, in_channels, num_classes), in_channels, size, size)
     train_gflops = 3 * forward_gflops  # backward ~ twice the forward (input and weight gradients)
@@ -64,6 +68,8 @@ def bench_model(
     masks = torch.randint(0, num_classes, (batch_size, size, size), device=device)
     results = []
     for precision, last, compiled in itertools.product(precisions, channels_last, compile_modes):
+        if time.monotonic() > deadline:
+            break
         net = build_model(cfg | {"channels_last": last}, in_channels, num_classes).to(device).train()
         run = torch.compile(net) if compiled else net
 

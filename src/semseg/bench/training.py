@@ -60,8 +60,9 @@ def _train_step(module: SegmentationModule, optimizer, scheduler, precision: str
     """One plain optimisation step on a batch: what a hand-written loop does."""
 
     def step(batch: dict) -> None:
-        images = batch["image"].to(device, non_blocking=True)
-        masks = batch["mask"].to(device, non_blocking=True)
+        moved = {k: batch[k].to(device, non_blocking=True) for k in ("image", "mask")}
+        prepared = module.prepare_batch(moved)  # what Lightning's on_after_batch_transfer does
+        images, masks = prepared["image"], prepared["mask"]
         with autocast(precision, device):
             loss = module.loss(module.net(images), masks)[0]
         loss.backward()
@@ -73,14 +74,14 @@ def _train_step(module: SegmentationModule, optimizer, scheduler, precision: str
 
 
 def _plain_parts(cfg: DictConfig):
-    """The step function, training loader and device of a hand-written loop for ``cfg``."""
+    """The module, step function, training loader and device of a hand-written loop for ``cfg``."""
     _, module, datamodule = build_run(cfg, cfg.seed)
     device = bench_device(cfg)
     module.to(device).train()
     loader = _train_loader(datamodule)
     optimizer, scheduler = module.build_optimization(total_steps=len(loader) * max(1, cfg.trainer.max_epochs))
     precision = trainer_kwargs(cfg.trainer, cfg.data)["precision"]
-    return _train_step(module, optimizer, scheduler, precision, device), loader, device
+    return module, _train_step(module, optimizer, scheduler, precision, device), loader, device
 
 
 def _train_loader(datamodule):
@@ -92,8 +93,13 @@ def _train_loader(datamodule):
 def plain_loop_images_per_s(cfg: DictConfig, warmup: int, steps: int) -> float:
     """Training images/s of a hand-written loop over the same model, loss, optimizer, schedule,
     data loader and precision, timed as ``StepTimer`` times the pipeline."""
-    step, loader, device = _plain_parts(cfg)
-    images, started, batches = 0, 0.0, _endless(loader)
+    _, step, loader, device = _plain_parts(cfg)
+    return _timed_loop(step, _endless(loader), device, warmup, steps)
+
+
+def _timed_loop(step, batches, device: torch.device, warmup: int, steps: int) -> float:
+    """Images/s of ``step`` over ``steps`` batches after ``warmup``, fetching included."""
+    images, started = 0, 0.0
     for seen in range(warmup + steps):
         batch = next(batches)
         if seen == warmup:
@@ -105,10 +111,42 @@ def plain_loop_images_per_s(cfg: DictConfig, warmup: int, steps: int) -> float:
     return images / (time.perf_counter() - started)
 
 
+def preloaded_loop_images_per_s(cfg: DictConfig, warmup: int, steps: int) -> float:
+    """Training images/s of the loop a user writes without a data pipeline: the training split
+    decoded, resized and normalised once into memory as tensors, then batches drawn from it in
+    a shuffled order, each image flipped horizontally with probability 1/2 (the cheapest common
+    augmentation), on the same model, loss, optimizer and schedule as the pipeline."""
+    module, step, loader, device = _plain_parts(cfg)
+    source = loader.dataset.source
+    del loader  # its workers are not needed: the set is read here, once, untimed
+    samples = [source[i] for i in range(len(source))]
+    preloaded = module.prepare_batch(
+        {
+            "image": torch.stack([torch.from_numpy(image).permute(2, 0, 1) for image, _ in samples]),
+            "mask": torch.stack([torch.from_numpy(mask) for _, mask in samples]),
+        }
+    )
+    images, masks = preloaded["image"], preloaded["mask"]
+    del samples, preloaded
+    batch_size, generator = cfg.data.batch_size, torch.Generator().manual_seed(0)
+
+    def batches():
+        while True:
+            order = torch.randperm(len(images), generator=generator)
+            for start in range(0, len(order) - batch_size + 1, batch_size):
+                index = order[start : start + batch_size]
+                flip = torch.rand(batch_size, generator=generator) < 0.5
+                x, y = images[index], masks[index]
+                x[flip], y[flip] = x[flip].flip(-1), y[flip].flip(-1)
+                yield {"image": x, "mask": y}
+
+    return _timed_loop(step, batches(), device, warmup, steps)
+
+
 def consumption_images_per_s(cfg: DictConfig, warmup: int, steps: int) -> float:
     """Images/s the model trains at when data costs nothing: one batch, already on the device."""
-    step, loader, device = _plain_parts(cfg)
-    batch = {k: v.to(device) for k, v in next(iter(loader)).items() if k in ("image", "mask")}
+    module, step, loader, device = _plain_parts(cfg)
+    batch = module.prepare_batch({k: v.to(device) for k, v in next(iter(loader)).items() if k in ("image", "mask")})
     return images_per_s(lambda: step(batch), batch["image"].shape[0], steps, warmup, device)
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import secrets
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -10,17 +9,11 @@ from pathlib import Path
 import cv2
 import lightning as L
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from semseg.data.dataset import (
-    MASK_PAD_CODE,
-    MaskEncoder,
-    SegmentationDataset,
-    has_split,
-    list_pairs,
-    resolve_class_names,
-)
+from semseg.data.batch import MASK_PAD_CODE, pad_collate
+from semseg.data.dataset import MaskEncoder, SegmentationDataset, has_split, list_pairs, resolve_class_names
+from semseg.data.samples import FileSamples, sample_source, usable_cores
 from semseg.data.sampling import EpochSampler
 from semseg.data.synthetic import SyntheticSpec, generate
 from semseg.data.transforms import build_transforms
@@ -35,58 +28,21 @@ def _init_worker(_worker_id: int) -> None:
 
 def default_num_workers() -> int:
     """Loader workers from the cores this process may use, capped where returns diminish."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cores = os.cpu_count() or 1
-    return min(cores, 8)
-
-
-def pad_collate(batch: list[dict], ignore_index: int) -> dict:
-    """Stacks samples, padding images (0) and masks (``ignore_index``) to the largest in the batch.
-
-    Needed when ``data.image_size`` is null and images differ in size; a batch of equal sizes is
-    stacked as is.
-    """
-    height = max(item["image"].shape[-2] for item in batch)
-    width = max(item["image"].shape[-1] for item in batch)
-
-    def pad(tensor: torch.Tensor, value: float) -> torch.Tensor:
-        bottom, right = height - tensor.shape[-2], width - tensor.shape[-1]
-        return F.pad(tensor, (0, right, 0, bottom), value=value) if bottom or right else tensor
-
-    out = {
-        "image": torch.stack([pad(item["image"], 0.0) for item in batch]),
-        "name": [item["name"] for item in batch],
-    }
-    if "mask" in batch[0]:
-        out["mask"] = torch.stack([pad(item["mask"], ignore_index) for item in batch])
-    return out
-
-
-class _Collate:
-    """Picklable (for worker processes) binding of ``pad_collate`` to an ignore index."""
-
-    def __init__(self, ignore_index: int):
-        self.ignore_index = ignore_index
-
-    def __call__(self, batch: list[dict]) -> dict:
-        return pad_collate(batch, self.ignore_index)
+    return min(usable_cores(), 8)
 
 
 class SegmentationDataModule(L.LightningDataModule):
-    """Batches of ``{"image", "mask", "name"}`` from an image-mask folder.
+    """Batches of ``{"image", "mask", "name"}`` from an image-mask folder, uint8 as stored
+    (``semseg.data.batch``: the LightningModule normalises them on its device).
 
-    Args mirror the ``data`` config group (see conf/data/*.yaml); ``mean`` and ``std`` are the
-    encoder's normalisation, resolved by the caller; ``seed`` makes the augmentations reproducible.
+    Args mirror the ``data`` config group (see conf/data/*.yaml); ``seed`` makes the
+    augmentations reproducible.
     """
 
     def __init__(
         self,
         root: str,
         num_classes: int,
-        mean: Sequence[float],
-        std: Sequence[float],
         class_names: Sequence[str] | None = None,
         ignore_index: int | None = None,
         label_map: Mapping[int, int] | None = None,
@@ -97,6 +53,8 @@ class SegmentationDataModule(L.LightningDataModule):
         crop_size: Sequence[int] | None = None,
         augment: Sequence | None = None,
         synthetic: Mapping | None = None,
+        cache: str = "auto",
+        cache_max_gb: float = 4.0,
         seed: int | None = None,
     ):
         super().__init__()
@@ -109,13 +67,12 @@ class SegmentationDataModule(L.LightningDataModule):
         self.batch_size = batch_size
         self.num_workers = default_num_workers() if num_workers is None else num_workers
         self.synthetic = SyntheticSpec(**synthetic) if synthetic else None
-        common = {"mean": mean, "std": std, "image_size": image_size}
+        self.image_size = image_size
+        self.cache, self.cache_max_gb = cache, cache_max_gb
         # Without a seed, one drawn here: shuffling and augmentations still need one (EpochSampler).
         self.seed = secrets.randbits(31) if seed is None else int(seed)
-        self.train_transform = build_transforms(
-            train=True, crop_size=crop_size, augment=augment, seed=self.seed, **common
-        )
-        self.eval_transform = build_transforms(train=False, **common)
+        self.train_transform = build_transforms(train=True, crop_size=crop_size, augment=augment, seed=self.seed)
+        self.eval_transform = build_transforms(train=False)
         self.datasets: dict[str, SegmentationDataset] = {}
 
     @staticmethod
@@ -131,10 +88,17 @@ class SegmentationDataModule(L.LightningDataModule):
         if self.synthetic is not None:
             generate(self.root, self.synthetic)
 
+    def _files(self, split: str, require_masks: bool) -> FileSamples:
+        pairs = list_pairs(self.root, split, require_masks=require_masks)
+        return FileSamples(pairs, self.encoder, self.in_channels, self.image_size)
+
     def _dataset(self, split: str) -> SegmentationDataset:
         transform = self.train_transform if split == "train" else self.eval_transform
-        pairs = list_pairs(self.root, split, require_masks=split != "test")
-        return SegmentationDataset(pairs, self.encoder, self.in_channels, transform, self.ignore_index, self.seed)
+        files = self._files(split, require_masks=split != "test")
+        # Train and val are read every epoch: worth caching. Test is read once.
+        cache = self.cache if split != "test" else "off"
+        source = sample_source(files, cache, self.cache_max_gb, f"{split} split of {self.root}")
+        return SegmentationDataset(files.pairs, source, transform, self.seed)
 
     @property
     def has_test_split(self) -> bool:
@@ -152,9 +116,8 @@ class SegmentationDataModule(L.LightningDataModule):
     def evaluation_dataloader(self, split: str) -> DataLoader:
         """Any labelled split, in order, with the evaluation transform (no augmentation): what
         eval.py scores, including ``split=train``."""
-        pairs = list_pairs(self.root, split, require_masks=True)
-        dataset = SegmentationDataset(pairs, self.encoder, self.in_channels, self.eval_transform, self.ignore_index)
-        return self._loader(dataset)
+        files = self._files(split, require_masks=True)
+        return self._loader(SegmentationDataset(files.pairs, files, self.eval_transform))
 
     def _loader(self, dataset: SegmentationDataset, sampler: EpochSampler | None = None) -> DataLoader:
         workers = self.num_workers
@@ -164,7 +127,7 @@ class SegmentationDataModule(L.LightningDataModule):
             sampler=sampler,
             drop_last=sampler is not None and len(dataset) > self.batch_size,
             num_workers=workers,
-            collate_fn=_Collate(self.ignore_index),
+            collate_fn=pad_collate,
             # Pinned host memory lets the copy to the GPU overlap compute (non_blocking).
             pin_memory=torch.cuda.is_available(),
             # Workers that survive the epoch spare re-forking and re-importing every epoch.

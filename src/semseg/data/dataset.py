@@ -8,19 +8,16 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from semseg.data.batch import MASK_PAD_CODE
 from semseg.data.sampling import sample_seed
 from semseg.errors import DataError, Problem, problems_message
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
 SPLITS = ("train", "val", "test")
 
-# Masks travel through the augmentations as uint8, where this value marks ignored pixels (stored
-# ignore values and padding). It can never be a class: num_classes is at most 255.
-MASK_PAD_CODE = 255
 INVALID_CODE = np.uint16(0xFFFF)
 
 
@@ -215,30 +212,22 @@ def read_mask(path: Path | str) -> np.ndarray:
 
 
 class SegmentationDataset(Dataset):
-    """Lazily reads image-mask pairs; holds only the file list in memory.
+    """Samples of one split: decoded, encoded and resized by ``source`` (from the files or from a
+    cache, see ``semseg.data.samples``), then the per-epoch random steps of ``transform``.
 
-    Each item is a dict: ``image`` (float CxHxW), ``mask`` (int64 HxW, ignored pixels equal to
-    ``ignore_index``; absent for unlabelled splits), ``name`` (file stem). Indexed by
-    ``(index, epoch)`` (what ``EpochSampler`` yields), the augmentations are reseeded from
-    ``(seed, epoch, index)`` first, so a sample's augmentation never depends on which worker
+    Each item is a dict: ``image`` (uint8 C x H x W), ``mask`` (uint8 H x W class codes,
+    ``MASK_PAD_CODE`` where ignored; absent for unlabelled splits), ``name`` (file stem). Batches
+    stay uint8 until they are on the training device (``semseg.data.batch.BatchPreparer``).
+    Indexed by ``(index, epoch)`` (what ``EpochSampler`` yields), the augmentations are reseeded
+    from ``(seed, epoch, index)`` first, so a sample's augmentation never depends on which worker
     reads it or on what that worker read before.
     """
 
-    def __init__(
-        self,
-        pairs: list[tuple[Path, Path | None]],
-        encoder: MaskEncoder,
-        in_channels: int,
-        transform: Callable[..., dict],
-        ignore_index: int,
-        seed: int = 0,
-    ):
+    def __init__(self, pairs: list[tuple[Path, Path | None]], source, transform: Callable[..., dict], seed: int = 0):
         self.pairs = pairs
-        self.seed = seed
-        self.encoder = encoder
-        self.in_channels = in_channels
+        self.source = source
         self.transform = transform
-        self.ignore_index = ignore_index
+        self.seed = seed
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -247,18 +236,9 @@ class SegmentationDataset(Dataset):
         index, epoch = key if isinstance(key, tuple) else (key, None)
         if epoch is not None:
             self.transform.set_random_seed(sample_seed(self.seed, epoch, index))
-        image_path, mask_path = self.pairs[index]
-        image = read_image(image_path, self.in_channels)
-        if mask_path is None:
-            return {"image": self.transform(image=image)["image"], "name": image_path.stem}
-        mask = self.encoder.encode(read_mask(mask_path), mask_path)
-        if mask.shape != image.shape[:2]:
-            raise DataError(
-                f"{mask_path}: mask is {mask.shape[1]}x{mask.shape[0]} but its image {image_path.name} "
-                f"is {image.shape[1]}x{image.shape[0]} (WxH); image and mask must have the same size."
-            )
+        image, mask = self.source[index]
+        name = self.pairs[index][0].stem
+        if mask is None:
+            return {"image": self.transform(image=image)["image"], "name": name}
         out = self.transform(image=image, mask=mask)
-        target = torch.as_tensor(out["mask"], dtype=torch.long)
-        if self.ignore_index != MASK_PAD_CODE:
-            target[target == MASK_PAD_CODE] = self.ignore_index
-        return {"image": out["image"], "mask": target, "name": image_path.stem}
+        return {"image": out["image"], "mask": out["mask"], "name": name}

@@ -14,7 +14,7 @@ import cv2
 from albumentations.pytorch import ToTensorV2
 from hydra.utils import instantiate
 
-from semseg.data.dataset import MASK_PAD_CODE
+from semseg.data.batch import MASK_PAD_CODE
 from semseg.errors import DataError
 
 
@@ -39,32 +39,30 @@ def build_augmentations(specs: Sequence | None) -> list[A.BasicTransform]:
     return transforms
 
 
+def resize_transform(image_size: Sequence[int]) -> A.Resize:
+    """Resizing to ``[H, W]``: bilinear for images, nearest-neighbour for masks."""
+    height, width = image_size
+    return A.Resize(height, width, interpolation=cv2.INTER_LINEAR, mask_interpolation=cv2.INTER_NEAREST)
+
+
 def build_transforms(
     *,
     train: bool,
-    mean: Sequence[float],
-    std: Sequence[float],
-    image_size: Sequence[int] | None = None,
     crop_size: Sequence[int] | None = None,
     augment: Sequence | None = None,
     seed: int | None = None,
 ) -> A.Compose:
-    """The pipeline for one stage.
+    """The per-epoch steps of one stage, after a sample is decoded and resized
+    (``semseg.data.samples``); images stay uint8 (normalised on the device, ``BatchPreparer``).
 
     Args:
-        train: adds the random crop and the augmentations.
-        mean: per-channel mean in 0..1 units (as the encoder was trained).
-        std: per-channel std in 0..1 units.
-        image_size: ``[H, W]`` every image and mask is resized to; None keeps each own size.
+        train: adds the random crop and the augmentations; evaluation only makes tensors.
         crop_size: ``[H, W]`` random training crop (images smaller than it are padded); None: none.
         augment: ``data.augment`` entries, applied in training only.
         seed: seed of the pipeline's own random state (albumentations ignores the global seeds);
             None draws a fresh one, and the augmentations differ from run to run.
     """
     steps: list[A.BasicTransform] = []
-    if image_size is not None:
-        height, width = image_size
-        steps.append(A.Resize(height, width, interpolation=cv2.INTER_LINEAR, mask_interpolation=cv2.INTER_NEAREST))
     if train and crop_size is not None:
         height, width = crop_size
         steps += [
@@ -73,5 +71,5 @@ def build_transforms(
         ]
     if train:
         steps += build_augmentations(augment)
-    steps += [A.Normalize(mean=tuple(mean), std=tuple(std), max_pixel_value=255.0), ToTensorV2()]
+    steps.append(ToTensorV2())
     return A.Compose(steps, seed=seed)

@@ -1,0 +1,237 @@
+"""Where a split's samples come from: read from the files each time, or decoded once into a cache.
+
+The first steps of every sample never change from epoch to epoch: decoding the image and the
+mask, mapping stored mask values to class codes, resizing to ``data.image_size``. On photographs
+they are most of the data path's work (a 480x360 PNG takes ~5 ms to decode, the rest of a sample
+~1 ms), and on a 2-core machine every millisecond a loader worker spends competes with the model
+for the same cores. ``data.cache`` keeps their result as uint8:
+
+- ``memory``: decoded in the main process before training (a thread pool: OpenCV decodes with
+  the GIL released) into one buffer, which forked loader workers share without copying;
+- ``disk``: the same buffer in memory-mapped files under the cache folder, built once and reused
+  by later runs (and shared by DDP ranks through the page cache), keyed by each file's path, size
+  and modification time and by the settings that change a sample (``in_channels``,
+  ``image_size``, the mask encoding);
+- ``auto`` (default): ``memory`` when the decoded split fits in ``data.cache_max_gb``, else off;
+- ``off``: read the files at every epoch.
+
+torch and Lightning have no such cache (a DataLoader re-runs the whole ``__getitem__`` each
+epoch), hence this module.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from semseg.data.dataset import MaskEncoder, read_image, read_mask
+from semseg.data.transforms import resize_transform
+from semseg.errors import ConfigError, DataError
+from semseg.files import cache_dir, staging_path
+
+log = logging.getLogger(__name__)
+
+CACHE_MODES = ("auto", "memory", "disk", "off")
+CACHE_VERSION = 1
+Pairs = list[tuple[Path, Path | None]]
+
+
+def usable_cores() -> int:
+    """The cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+class FileSamples:
+    """Reads, encodes and resizes sample ``index`` from its files at each call."""
+
+    def __init__(self, pairs: Pairs, encoder: MaskEncoder, in_channels: int, image_size: list[int] | None):
+        self.pairs, self.encoder, self.in_channels = pairs, encoder, in_channels
+        self.resize = None if image_size is None else resize_transform(image_size)
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """(H, W, C) uint8 image and (H, W) uint8 class codes (None for an unlabelled split)."""
+        image_path, mask_path = self.pairs[index]
+        image = read_image(image_path, self.in_channels)
+        mask = None
+        if mask_path is not None:
+            mask = self.encoder.encode(read_mask(mask_path), mask_path)
+            if mask.shape != image.shape[:2]:
+                raise DataError(
+                    f"{mask_path}: mask is {mask.shape[1]}x{mask.shape[0]} but its image {image_path.name} "
+                    f"is {image.shape[1]}x{image.shape[0]} (WxH); image and mask must have the same size."
+                )
+        if self.resize is not None:
+            out = self.resize(image=image, mask=mask) if mask is not None else self.resize(image=image)
+            image, mask = out["image"], out.get("mask")
+        if image.ndim == 2:  # OpenCV drops a single channel's axis when it resizes
+            image = image[..., None]
+        return image, mask
+
+    def estimated_bytes(self) -> int:
+        """Bytes of the decoded split, from its first image's size (read from the header only)."""
+        if self.resize is not None:
+            height, width = self.resize.height, self.resize.width
+        else:
+            try:
+                with Image.open(self.pairs[0][0]) as first:
+                    width, height = first.size
+            except (OSError, SyntaxError):  # Pillow's errors for unreadable files: decode it, and
+                height, width = read_image(self.pairs[0][0], self.in_channels).shape[:2]  # name it
+        has_mask = self.pairs[0][1] is not None
+        return len(self.pairs) * height * width * (self.in_channels + has_mask)
+
+    def key(self) -> str:
+        """What a cached copy of this split must match: every file's path, size and mtime, and the
+        settings that change a sample."""
+        digest = hashlib.sha1(f"{CACHE_VERSION}|{self.in_channels}|".encode())
+        if self.resize is not None:
+            digest.update(f"{self.resize.height}x{self.resize.width}".encode())
+        digest.update(self.encoder.lut.tobytes())
+        for pair in self.pairs:
+            for path in pair:
+                if path is not None:
+                    stat = path.stat()
+                    digest.update(f"|{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode())
+        return digest.hexdigest()[:20]
+
+
+class PackedSamples:
+    """Every sample of a split in two flat uint8 buffers (images, masks) with an index of offsets
+    and shapes; returns copies, so no transform can alter the cache."""
+
+    def __init__(self, images: np.ndarray, masks: np.ndarray | None, index: np.ndarray):
+        self.images, self.masks, self.index = images, masks, index  # index rows: image offset, mask offset, H, W, C
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray | None]:
+        image_at, mask_at, height, width, channels = (int(v) for v in self.index[index])
+        image = self.images[image_at : image_at + height * width * channels].reshape(height, width, channels).copy()
+        if self.masks is None:
+            return image, None
+        return image, self.masks[mask_at : mask_at + height * width].reshape(height, width).copy()
+
+    @property
+    def nbytes(self) -> int:
+        return self.images.nbytes + (0 if self.masks is None else self.masks.nbytes)
+
+    @classmethod
+    def decode(cls, source: FileSamples) -> PackedSamples:
+        """Decodes every sample of ``source`` (several at once: OpenCV releases the GIL)."""
+        with ThreadPoolExecutor(min(usable_cores(), 8)) as pool:
+            samples = list(pool.map(source.__getitem__, range(len(source))))
+        index = np.zeros((len(samples), 5), np.int64)
+        index[:, 2:] = [image.shape for image, _ in samples]
+        pixels = index[:, 2] * index[:, 3]
+        index[1:, 0] = np.cumsum(pixels * index[:, 4])[:-1]
+        index[1:, 1] = np.cumsum(pixels)[:-1]
+        images = np.concatenate([image.ravel() for image, _ in samples])
+        labelled = samples[0][1] is not None
+        masks = np.concatenate([mask.ravel() for _, mask in samples]) if labelled else None
+        return cls(images, masks, index)
+
+    def save(self, folder: Path) -> None:
+        np.save(folder / "index.npy", self.index)
+        np.save(folder / "images.npy", self.images)
+        if self.masks is not None:
+            np.save(folder / "masks.npy", self.masks)
+
+    @classmethod
+    def load(cls, folder: Path) -> PackedSamples:
+        """Memory-maps a saved cache: pages are read on first use and shared between processes."""
+        masks = folder / "masks.npy"
+        return cls(
+            np.load(folder / "images.npy", mmap_mode="r"),
+            np.load(masks, mmap_mode="r") if masks.exists() else None,
+            np.load(folder / "index.npy"),
+        )
+
+
+def sample_source(source: FileSamples, mode: str, max_gb: float, name: str) -> FileSamples | PackedSamples:
+    """``source`` itself, or its samples cached as ``mode`` asks (see the module's docstring).
+
+    Args:
+        source: the split's files.
+        mode: ``data.cache``.
+        max_gb: ``data.cache_max_gb``, the largest decoded split ``auto`` keeps in memory and
+            the most the disk cache folder may hold (older caches are removed to make room).
+        name: what the log lines call the split (e.g. ``train split of /data/roads``).
+    """
+    if mode not in CACHE_MODES:
+        raise ConfigError(f"data.cache={mode}: choose one of {', '.join(CACHE_MODES)}.")
+    if mode == "off" or len(source) == 0:
+        return source
+    size_gb = source.estimated_bytes() / 2**30
+    if mode == "auto":
+        if size_gb > max_gb:
+            log.info(
+                f"{name}: not cached ({size_gb:.2f} GB decoded > data.cache_max_gb={max_gb:g}); "
+                "data.cache=disk caches it in files, or raise data.cache_max_gb"
+            )
+            return source
+        mode = "memory"
+    started = time.perf_counter()
+    if mode == "memory":
+        packed = PackedSamples.decode(source)
+        where = "memory"
+    else:
+        packed, where = _disk_cache(source, max_gb, name)
+    log.info(
+        f"{name}: {len(packed)} samples cached in {where} ({packed.nbytes / 2**30:.2f} GB, "
+        f"{time.perf_counter() - started:.1f} s)"
+    )
+    return packed
+
+
+def _disk_cache(source: FileSamples, max_gb: float, name: str) -> tuple[PackedSamples, str]:
+    """The split's disk cache: reused when its key matches, else built into a staging folder and
+    renamed into place (an interrupted build leaves no cache that looks whole)."""
+    root = cache_dir() / "samples"
+    folder = root / source.key()
+    if not (folder / "index.npy").exists():
+        _make_room(root, source.estimated_bytes(), max_gb)
+        staging = staging_path(folder)
+        staging.mkdir(parents=True)
+        try:
+            PackedSamples.decode(source).save(staging)
+            os.replace(staging, folder)
+        except OSError as error:
+            if not (folder / "index.npy").exists():  # another rank or run may have just built it
+                raise DataError(
+                    f"{name}: could not write the sample cache {folder}: {error}. "
+                    "Free space there, set SEMSEG_CACHE_DIR elsewhere, or data.cache=memory/off."
+                ) from error
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    os.utime(folder)  # recently used: the last to be removed when room is needed
+    return PackedSamples.load(folder), str(folder)
+
+
+def _make_room(root: Path, needed: int, max_gb: float) -> None:
+    """Removes the least recently used caches under ``root`` until ``needed`` more bytes fit in
+    ``max_gb``. Only folders this module wrote live there."""
+    if not root.is_dir():
+        return
+    caches = sorted((p for p in root.iterdir() if p.is_dir()), key=lambda p: p.stat().st_mtime)
+    sizes = {p: sum(f.stat().st_size for f in p.iterdir()) for p in caches}
+    total = sum(sizes.values())
+    for cache in caches:
+        if total + needed <= max_gb * 2**30:
+            break
+        shutil.rmtree(cache, ignore_errors=True)
+        total -= sizes[cache]
