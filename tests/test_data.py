@@ -204,7 +204,7 @@ def test_synthetic_data_is_deterministic_with_a_rare_class(tmp_path: Path):
     share = np.bincount(masks.ravel(), minlength=5) / masks.size
     assert 0.002 < share[4] < 0.03  # 'speck': the rare class
     assert share[0] > 0.6
-    with pytest.raises(DataError, match="not the synthetic data set"):
+    with pytest.raises(DataError, match=r"not the generated data set for .*another spec"):
         generate(a, SyntheticSpec(6, 2, 0, image_size=48, seed=5))
 
 

@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import traceback
 from collections import Counter
 from pathlib import Path
@@ -17,6 +18,7 @@ import pytest
 import torch
 from omegaconf import open_dict
 
+from semseg.bench.models import bench_model
 from semseg.bench.run import check_parts
 from semseg.bench.scan import scan_seconds
 from semseg.errors import ConfigError
@@ -91,24 +93,42 @@ def test_training_steps_do_not_synchronise_with_the_device(make_cfg, monkeypatch
     assert counter.calls["train", 1] > 0  # the counting works: logging does sync
 
 
-def test_the_benchmark_runs_every_part_and_writes_its_results(tiny_root: Path, tmp_path: Path):
+def test_the_gpu_check_runs_every_part_on_photolike_data_and_writes_its_results(tmp_path: Path):
+    """A CPU dry run of `make gpu-check` (bench=gpu) at tiny sizes, with every part, so it cannot rot."""
     run = tmp_path / "bench"
-    command = [sys.executable, str(ROOT / "scripts" / "benchmark.py"), "trainer=cpu", TINY_ENCODER,
-               f"data.root={tiny_root}",
-               "data.synthetic=null", "data.batch_size=2", "data.num_workers=0", "bench.warmup=1", "bench.steps=2",
-               "bench.repeats=1", "bench.size=32", "bench.batch_size=2", "bench.models=[unet]", "bench.scan_pairs=300",
+    photolike = "{num_train: 4, num_val: 2, height: 36, width: 48, seed: 0}"
+    command = [sys.executable, str(ROOT / "scripts" / "benchmark.py"), "trainer=cpu", "bench=gpu", TINY_ENCODER,
+               f"data.root={tmp_path / 'photolike'}", f"bench.photolike={photolike}", "bench.image_size=[32,32]",
+               "data.batch_size=2", "data.num_workers=0", "bench.warmup=1", "bench.steps=2", "bench.repeats=1",
+               "bench.size=32", "bench.batch_size=2", "bench.models=[unet,segformer]", "bench.compile=[false]",
+               "bench.parts=[pipeline,loader,models,optimizer,scan,ddp]", "bench.scan_pairs=300",
                f"hydra.run.dir={run}"]  # fmt: skip
     result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=os.environ)
     assert result.returncode == 0, result.stderr[-3000:]
+    assert len(list((tmp_path / "photolike" / "images" / "train").iterdir())) == 4  # generated
     results = json.loads((run / "benchmark.json").read_text())
-    ratios = ("pipeline_over_plain", "loader_over_consumption", "fused_over_unfused")
-    for key in (*ratios, "pipeline_images_per_s", "loader_images_per_s", "fused_images_per_s"):
+    ratios = ("pipeline_over_preloaded", "pipeline_over_plain", "loader_over_consumption", "fused_over_unfused")
+    for key in (*ratios, "pipeline_images_per_s", "preloaded_loop_images_per_s", "loader_images_per_s"):
         assert 0 < results[key] < float("inf"), key
     assert 0 < results["scan_s"] < 60
     rows = results["models"]
-    assert [(r["model"], r["channels_last"]) for r in rows] == [("unet", False), ("unet", True)]
+    assert [(r["model"], r["precision"], r["channels_last"]) for r in rows] == [
+        (model, "bf16-mixed", last) for model in ("unet", "segformer") for last in (False, True)
+    ]
     assert all(r["images_per_s"] > 0 and r["train_gflops_per_image"] > 0 for r in rows)
-    assert "(a) pipeline / plain loop:" in result.stdout and "| unet | 32-true |" in result.stdout
+    assert results["ddp"]["ok"] and results["ddp"]["backend"] == "gloo", results["ddp"]
+    for line in ("(a) pipeline / loop over the set preloaded in memory:", "(f) one-device DDP training (gloo): ok"):
+        assert line in result.stdout
+    assert "| unet | bf16-mixed |" in result.stdout
+
+
+def test_model_measurements_stop_at_the_deadline():
+    model = compose_named("train", ["model=unet", TINY_ENCODER]).model
+    settings = {"num_classes": 2, "in_channels": 3, "size": 32, "batch_size": 2, "precisions": ["32-true"],
+                "channels_last": [False, True], "compile_modes": [False], "warmup": 0, "steps": 1,
+                "device": torch.device("cpu")}  # fmt: skip
+    assert bench_model("unet", model, **settings, deadline=time.monotonic() - 1) == []
+    assert len(bench_model("unet", model, **settings)) == 2
 
 
 def test_the_scan_pairs_every_file(tmp_path: Path):

@@ -33,7 +33,7 @@ def ddp_smoke(cfg: DictConfig) -> dict:
                 accelerator="gpu" if cuda else "cpu",
                 devices=1,
                 strategy="ddp",
-                sync_batchnorm=True,
+                sync_batchnorm=cuda,  # SyncBatchNorm works on GPUs only
                 max_epochs=1,
                 max_steps=-1,
                 limit_train_batches=cfg.bench.steps,

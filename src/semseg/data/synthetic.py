@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from semseg.errors import DataError
 
 CLASS_NAMES = ("background", "disk", "square", "triangle", "speck")
 MANIFEST = "synthetic.json"
+PNG_LEVEL = [cv2.IMWRITE_PNG_COMPRESSION, 6]
 
 
 @dataclass(frozen=True)
@@ -104,29 +106,54 @@ def generate(root: str | os.PathLike, spec: SyntheticSpec = SyntheticSpec()) -> 
     Raises:
         DataError: ``root`` exists but holds something else (another spec or not ours).
     """
-    root = Path(root)
-    manifest = root / MANIFEST
+
+    def render(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        return render_sample(rng, spec.image_size)
+
+    return write_dataset(Path(root), _split_sizes(spec), render, spec.seed, MANIFEST, asdict(spec))
+
+
+Render = Callable[[np.random.Generator], tuple[np.ndarray, np.ndarray]]
+
+
+def write_dataset(root: Path, splits: dict[str, int], render: Render, seed: int, manifest: str, spec: dict) -> Path:
+    """Writes a generated data set (``render``: one RGB image and its mask per call) into
+    ``root``'s images/{split} and masks/{split}, with ``manifest`` holding ``spec``, unless the
+    same spec's set is there already.
+
+    Written into a staging folder beside ``root`` that is renamed into place, so an interrupted
+    run never leaves half a data set; sample ``i`` of split ``k`` draws from its own generator
+    ``(seed, k, i)``, so any sample can be regenerated alone.
+
+    Raises:
+        DataError: ``root`` exists and holds another spec's set, or anything that is not ours.
+    """
     if root.exists():
-        if manifest.exists() and json.loads(manifest.read_text()) == asdict(spec):
+        found = root / manifest
+        if found.exists() and json.loads(found.read_text()) == spec:
             return root
+        what = (
+            f"a generated data set of another spec ({json.loads(found.read_text())})"
+            if found.exists()
+            else (f"no generated data set (no {manifest}): it may be yours, and nothing is written to it")
+        )
         raise DataError(
-            f"{root} exists but is not the synthetic data set for {asdict(spec)}. "
-            "Delete it, or point data.root at a new folder to generate there."
+            f"{root} exists but is not the generated data set for {spec}: it holds {what}. "
+            "Point data.root at a new folder to generate there."
         )
     root.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
     try:
-        for split_index, (split, count) in enumerate(_split_sizes(spec).items()):
+        for split_index, (split, count) in enumerate(splits.items()):
             (staging / "images" / split).mkdir(parents=True)
             (staging / "masks" / split).mkdir(parents=True)
             for i in range(count):
-                # One generator per sample: any sample can be regenerated alone, in any order.
-                rng = np.random.default_rng([spec.seed, split_index, i])
-                image, mask = render_sample(rng, spec.image_size)
+                image, mask = render(np.random.default_rng([seed, split_index, i]))
                 name = f"{split}_{i:05d}.png"
-                cv2.imwrite(str(staging / "images" / split / name), image[..., ::-1])  # RGB->BGR
-                cv2.imwrite(str(staging / "masks" / split / name), mask)
-        (staging / MANIFEST).write_text(json.dumps(asdict(spec), indent=2))
+                # zlib level 6, libpng's and Pillow's default (OpenCV's is 1): files as photos come.
+                cv2.imwrite(str(staging / "images" / split / name), image[..., ::-1], PNG_LEVEL)  # RGB->BGR
+                cv2.imwrite(str(staging / "masks" / split / name), mask, PNG_LEVEL)
+        (staging / manifest).write_text(json.dumps(spec, indent=2))
         os.replace(staging, root)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
