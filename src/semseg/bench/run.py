@@ -21,11 +21,11 @@ from semseg.bench.training import (
     bench_device,
     consumption_images_per_s,
     loader_images_per_s,
+    loader_workers,
     pipeline_images_per_s,
     plain_loop_images_per_s,
     preloaded_loop_images_per_s,
 )
-from semseg.data.datamodule import default_num_workers
 from semseg.data.photolike import PhotoSpec, generate_photolike
 from semseg.errors import ConfigError
 from semseg.files import write_json_atomic
@@ -82,7 +82,7 @@ def loader_part(cfg: DictConfig) -> dict:
     values = alternate(
         {"loader_images_per_s": loader_images_per_s, "consumption_images_per_s": consumption_images_per_s}, cfg
     )
-    workers = default_num_workers() if cfg.data.num_workers is None else cfg.data.num_workers
+    workers = loader_workers(cfg)
     ratio = ratio_of(values, "loader_images_per_s", "consumption_images_per_s", "loader_over_consumption")
     return medians(values) | ratio | {"num_workers": workers}
 

@@ -161,6 +161,11 @@ def loader_images_per_s(cfg: DictConfig, warmup: int, steps: int) -> float:
     return images / (time.perf_counter() - started)
 
 
+def loader_workers(cfg: DictConfig) -> int:
+    """The worker count of the training loader the loader part measures."""
+    return _train_loader(build_run(cfg, cfg.seed)[2]).num_workers
+
+
 def _endless(loader):
     """Batches epoch after epoch (the epoch advancing, as Lightning sets it)."""
     epoch = 0
