@@ -94,15 +94,15 @@ def test_a_folder_without_our_manifest_is_refused_and_left_untouched(tmp_path: P
 
 
 def test_an_interrupted_run_leaves_no_half_set(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    render, calls = photolike.render_street, []
+    render, root, seen = photolike.render_street, tmp_path / "set", []
 
     def interrupted(*args):
-        calls.append(1)
-        if len(calls) == 3:
+        seen.append(root.exists())  # a hard kill (no cleanup) now must not leave ``root`` behind
+        if len(seen) == 3:
             raise KeyboardInterrupt
         return render(*args)
 
     monkeypatch.setattr(photolike, "render_street", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        generate_photolike(tmp_path / "set", SPEC)
-    assert len(calls) == 3 and list(tmp_path.iterdir()) == []  # neither the set nor its staging folder
+        generate_photolike(root, SPEC)
+    assert seen == [False] * 3 and list(tmp_path.iterdir()) == []  # neither the set nor its staging folder
