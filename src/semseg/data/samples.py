@@ -21,6 +21,7 @@ epoch), hence this module.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -218,7 +219,8 @@ def _disk_cache(source: FileSamples, max_gb: float, name: str) -> tuple[PackedSa
                 ) from error
         finally:
             shutil.rmtree(staging, ignore_errors=True)
-    os.utime(folder)  # recently used: the last to be removed when room is needed
+    with contextlib.suppress(OSError):  # a read-only cache folder is still readable
+        os.utime(folder)  # recently used: the last to be removed when room is needed
     return PackedSamples.load(folder), str(folder)
 
 
@@ -227,7 +229,9 @@ def _make_room(root: Path, needed: int, max_gb: float) -> None:
     ``max_gb``. Only folders this module wrote live there."""
     if not root.is_dir():
         return
-    caches = sorted((p for p in root.iterdir() if p.is_dir()), key=lambda p: p.stat().st_mtime)
+    # Hidden folders are caches being built (staging_path): never removed under a writer.
+    caches = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    caches.sort(key=lambda p: p.stat().st_mtime)
     sizes = {p: sum(f.stat().st_size for f in p.iterdir()) for p in caches}
     total = sum(sizes.values())
     for cache in caches:
