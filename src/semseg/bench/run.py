@@ -21,7 +21,6 @@ from semseg.bench.training import (
     bench_device,
     consumption_images_per_s,
     loader_images_per_s,
-    loader_workers,
     pipeline_images_per_s,
     plain_loop_images_per_s,
     preloaded_loop_images_per_s,
@@ -79,12 +78,16 @@ def pipeline_part(cfg: DictConfig) -> dict:
 
 def loader_part(cfg: DictConfig) -> dict:
     """(b) The data loader alone against the model's consumption (data already on the device)."""
-    values = alternate(
-        {"loader_images_per_s": loader_images_per_s, "consumption_images_per_s": consumption_images_per_s}, cfg
-    )
-    workers = loader_workers(cfg)
+    workers: set[int] = set()
+
+    def loader(cfg: DictConfig, warmup: int, steps: int) -> float:
+        speed, count = loader_images_per_s(cfg, warmup, steps)
+        workers.add(count)
+        return speed
+
+    values = alternate({"loader_images_per_s": loader, "consumption_images_per_s": consumption_images_per_s}, cfg)
     ratio = ratio_of(values, "loader_images_per_s", "consumption_images_per_s", "loader_over_consumption")
-    return medians(values) | ratio | {"num_workers": workers}
+    return medians(values) | ratio | {"num_workers": workers.pop()}
 
 
 def models_part(cfg: DictConfig) -> list[dict]:

@@ -150,20 +150,17 @@ def consumption_images_per_s(cfg: DictConfig, warmup: int, steps: int) -> float:
     return images_per_s(lambda: step(batch), batch["image"].shape[0], steps, warmup, device)
 
 
-def loader_images_per_s(cfg: DictConfig, warmup: int, steps: int) -> float:
-    """Images/s the training data loader delivers alone (default workers and augmentations)."""
-    batches = _endless(_train_loader(build_run(cfg, cfg.seed)[2]))
+def loader_images_per_s(cfg: DictConfig, warmup: int, steps: int) -> tuple[float, int]:
+    """Images/s the training data loader delivers alone (default workers and augmentations), and
+    its worker count."""
+    loader = _train_loader(build_run(cfg, cfg.seed)[2])
+    batches = _endless(loader)
     for _ in range(warmup):
         next(batches)
     started, images = time.perf_counter(), 0
     for _ in range(steps):
         images += next(batches)["image"].shape[0]
-    return images / (time.perf_counter() - started)
-
-
-def loader_workers(cfg: DictConfig) -> int:
-    """The worker count of the training loader the loader part measures."""
-    return _train_loader(build_run(cfg, cfg.seed)[2]).num_workers
+    return images / (time.perf_counter() - started), loader.num_workers
 
 
 def _endless(loader):

@@ -20,6 +20,9 @@ from semseg.data.synthetic import SyntheticSpec, generate
 from semseg.data.transforms import build_transforms
 from semseg.errors import DataError
 
+# The Lightning stages (None: all) that need each split.
+SPLIT_STAGES = {"train": (None, "fit"), "val": (None, "fit", "validate"), "test": (None, "test")}
+
 
 def _init_worker(_worker_id: int) -> None:
     # Each loader worker is already one of several processes; OpenCV's own thread pool inside
@@ -113,12 +116,12 @@ class SegmentationDataModule(L.LightningDataModule):
         return (self.root / "masks" / "test").is_dir() and has_split(self.root, "test")
 
     def setup(self, stage: str | None = None) -> None:
-        if stage in (None, "fit"):
-            self.datasets["train"] = self._dataset("train")
-        if stage in (None, "fit", "validate"):
-            self.datasets["val"] = self._dataset("val")
-        if stage in (None, "test") and self.has_test_split:
-            self.datasets["test"] = self._dataset("test")
+        # Each split is built once: train() validates and tests after fit, and a cached split
+        # would otherwise be decoded again for each stage.
+        wanted = [split for split, stages in SPLIT_STAGES.items() if stage in stages]
+        for split in wanted:
+            if split not in self.datasets and (split != "test" or self.has_test_split):
+                self.datasets[split] = self._dataset(split)
 
     def evaluation_dataloader(self, split: str) -> DataLoader:
         """Any labelled split, in order, with the evaluation transform (no augmentation): what
