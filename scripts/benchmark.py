@@ -7,13 +7,14 @@ time of a 10,000-pair folder and a per-architecture table; writes them to
 import hydra
 from omegaconf import DictConfig
 
-from semseg.bench.run import run_benchmark
 from semseg.cli import exit_on_user_error
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="benchmark")
 @exit_on_user_error
 def main(cfg: DictConfig) -> None:
+    from semseg.bench.run import run_benchmark  # torch loads after the command line is read: --help is quick
+
     run_benchmark(cfg)
 
 

@@ -6,12 +6,13 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from semseg.cli import exit_on_user_error
-from semseg.evaluate import evaluate
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="eval")
 @exit_on_user_error
 def main(cfg: DictConfig) -> None:
+    from semseg.evaluate import evaluate  # torch and Lightning load after the command line is read: --help is quick
+
     evaluate(cfg, HydraConfig.get().overrides.task)
 
 

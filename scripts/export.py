@@ -5,12 +5,13 @@ import hydra
 from omegaconf import DictConfig
 
 from semseg.cli import exit_on_user_error
-from semseg.export import export
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="export")
 @exit_on_user_error
 def main(cfg: DictConfig) -> None:
+    from semseg.export import export  # torch loads after the command line is read: --help is quick
+
     export(cfg)
 
 

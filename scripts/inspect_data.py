@@ -11,13 +11,16 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from semseg.cli import exit_on_user_error
-from semseg.data.doctor import describe_values, inspect_data_config, stored_mask_values
-from semseg.files import write_json_atomic
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="inspect_data")
 @exit_on_user_error
 def main(cfg: DictConfig) -> None:
+    # Imported here, after the command line is read: semseg.data loads torch and Lightning, which
+    # --help need not wait for.
+    from semseg.data.doctor import inspect_data_config
+    from semseg.files import write_json_atomic
+
     if OmegaConf.is_missing(cfg.data, "num_classes"):
         sys.exit(_describe_without_classes(cfg.data.root))
     report = inspect_data_config(OmegaConf.to_container(cfg.data, resolve=True), full=cfg.full)
@@ -29,6 +32,8 @@ def main(cfg: DictConfig) -> None:
 
 
 def _describe_without_classes(root: str) -> str:
+    from semseg.data.doctor import describe_values, stored_mask_values
+
     values = stored_mask_values(root)
     if not values:
         return f"error: no single-channel masks found under {root}/masks/{{train,val,test}}."

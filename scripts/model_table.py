@@ -19,10 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-import torch
 from hydra import compose, initialize_config_dir
-
-from semseg.models import build_model, count_gflops, count_parameters
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
@@ -44,6 +41,10 @@ ROWS: dict[str, list[str]] = {
 
 def measure(overrides: list[str], size: int, num_classes: int, repeats: int) -> tuple[float, float, float]:
     """(parameters in millions, GFLOPs, median CPU latency in ms) of one model config."""
+    import torch
+
+    from semseg.models import build_model, count_gflops, count_parameters
+
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         model_cfg = compose(config_name="train", overrides=overrides).model
     net = build_model(model_cfg, in_channels=3, num_classes=num_classes).eval()
@@ -68,6 +69,7 @@ def main() -> None:
     parser.add_argument("--only", nargs="+", metavar="TEXT", help="only the rows whose label contains TEXT")
     args = parser.parse_args()
     rows = {k: v for k, v in ROWS.items() if not args.only or any(text in k for text in args.only)}
+    import torch  # after parsing: --help need not wait for it
 
     torch.set_num_threads(os.cpu_count() or 1)
     lines = [

@@ -5,12 +5,13 @@ import hydra
 from omegaconf import DictConfig
 
 from semseg.cli import exit_on_user_error
-from semseg.predict import predict
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="predict")
 @exit_on_user_error
 def main(cfg: DictConfig) -> None:
+    from semseg.predict import predict  # torch loads after the command line is read: --help is quick
+
     predict(cfg)
 
 

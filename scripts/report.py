@@ -11,7 +11,6 @@ from pathlib import Path
 
 from semseg.cli import exit_on_user_error
 from semseg.report import find_runs, leaderboard, metric_columns, to_markdown, write_csv
-from semseg.report_figures import bar_chart, prediction_grid
 
 
 @exit_on_user_error
@@ -23,6 +22,9 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=4, help="validation images in predictions.png (default 4)")
     parser.add_argument("--no-pictures", action="store_true", help="skip predictions.png (loads every checkpoint)")
     args = parser.parse_args()
+    # After parsing: matplotlib, torch and Lightning take seconds to load, which --help need not wait for.
+    from semseg.report_figures import bar_chart, prediction_grid
+
     runs = find_runs(args.folder)
     rows = leaderboard(runs, args.sort)
     columns = metric_columns(runs)

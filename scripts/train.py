@@ -4,12 +4,15 @@ import hydra
 from omegaconf import DictConfig
 
 from semseg.cli import run_job
-from semseg.train import train
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 @run_job
 def main(cfg: DictConfig) -> float | None:
+    # Imported here, after Hydra read the command line: torch and Lightning take seconds to load,
+    # which `--help` or a config error need not wait for (tests/test_console.py).
+    from semseg.train import train
+
     metrics = train(cfg)
     return metrics.get("val/miou")  # what a Hydra sweeper optimises
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import cv2
@@ -101,15 +103,21 @@ def make_cfg(tiny_root: Path, tmp_path: Path):
     return make
 
 
+def console_output(run: Path) -> bytes:
+    """What ``scripts/train.py`` printed while making ``trained_run``."""
+    return (run.parent / "console.txt").read_bytes()
+
+
 @pytest.fixture(scope="session")
 def trained_run(tiny_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A run folder of a model trained for 2 epochs on the tiny data set (checkpoints, metrics.json)."""
-    from semseg.train import train
-
+    """A run folder of a model trained for 2 epochs on the tiny data set (checkpoints, metrics.json,
+    train.log) by ``scripts/train.py``, as a user runs it: its output, stdout and stderr into one
+    pipe as in a batch job, is kept beside the folder (``console_output``)."""
     folder = tmp_path_factory.mktemp("trained") / "run"
-    cfg = compose_cfg([*CHEAP, f"data.root={tiny_root}", "trainer.max_epochs=2"])
-    with open_dict(cfg):
-        cfg.output_dir = str(folder)
-        cfg.data.synthetic = None
-    train(cfg)
+    cheap = [o for o in CHEAP if o != "trainer.enable_model_summary=false"]  # tests/test_console.py reads it
+    command = [sys.executable, str(CONF_DIR.parent / "scripts" / "train.py"), *cheap, f"data.root={tiny_root}",
+               "data.synthetic=null", "trainer.max_epochs=2", f"hydra.run.dir={folder}"]  # fmt: skip
+    result = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=600)
+    (folder.parent / "console.txt").write_bytes(result.stdout)
+    assert result.returncode == 0, result.stdout.decode(errors="replace")[-4000:]
     return folder

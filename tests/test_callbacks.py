@@ -1,4 +1,4 @@
-"""ValidationPictures: per-image mIoU, and when the PNGs are redrawn."""
+"""ValidationPictures: per-image mIoU, when the PNGs are redrawn, and what their titles say."""
 
 from __future__ import annotations
 
@@ -11,9 +11,12 @@ import torch
 from lightning.pytorch.plugins.precision import Precision
 from lightning.pytorch.trainer.states import TrainerFn
 
-from semseg.callbacks import ValidationPictures, per_image_miou
+from semseg import run_pictures
+from semseg.callbacks import Shown, ValidationPictures, per_image_miou
 from semseg.data.batch import BatchPreparer
 from semseg.inference import InferenceSettings
+from semseg.visualize import class_palette
+from tests.figures import assert_readable
 
 
 def test_per_image_miou_counts_only_the_classes_each_image_has_and_skips_ignored_pixels():
@@ -87,3 +90,47 @@ def test_the_k_worst_images_are_found_across_batches_and_k_0_keeps_none():
             i = names.index(shown.name)
             assert np.array_equal(shown.prediction, preds[i].numpy()) and np.array_equal(shown.mask, masks[i].numpy())
             assert shown.miou == pytest.approx((correct[i] + 0) / 2)  # class 0 IoU = the share; class 1 IoU 0
+
+
+def test_picture_titles_say_which_weights_were_validated(tmp_path: Path):
+    fitting = SimpleNamespace(state=SimpleNamespace(fn=TrainerFn.FITTING), current_epoch=12, max_epochs=30,
+                              ckpt_path=None)  # fmt: skip
+    assert ValidationPictures._shown_weights(fitting) == ("val, epoch 13", None)  # counted from 1
+    fitting.current_epoch = 29
+    assert ValidationPictures._shown_weights(fitting) == ("val, epoch 30 (last)", None)
+    # After fit, the best checkpoint is validated: the trainer's epoch is the last one, not its.
+    torch.save({"epoch": 7}, tmp_path / "best.ckpt")
+    validating = SimpleNamespace(state=SimpleNamespace(fn=TrainerFn.VALIDATING), current_epoch=29, max_epochs=30,
+                                 ckpt_path=str(tmp_path / "best.ckpt"))  # fmt: skip
+    assert ValidationPictures._shown_weights(validating) == ("val, epoch 8, best.ckpt", ("best.ckpt", 8))
+
+
+def test_the_learning_rate_is_recorded_as_often_as_it_is_logged():
+    optimizer = SimpleNamespace(param_groups=[{"lr": 0.0}])
+    trainer = SimpleNamespace(is_global_zero=True, optimizers=[optimizer], log_every_n_steps=2, global_step=0)
+    pictures = ValidationPictures()
+    for step in (0, 0, 1, 2, 3, 4):  # step 0 twice: two accumulated batches make one optimizer step
+        trainer.global_step, optimizer.param_groups[0]["lr"] = step, step / 10
+        pictures.on_train_batch_start(trainer, None, None, 0)
+    assert pictures.learning_rates == [(0, 0.0), (2, 0.2), (4, 0.4)]
+
+
+def test_every_png_is_titled_with_what_was_validated_and_names_the_classes(monkeypatch, tmp_path: Path):
+    names = ["background", "disk", "speck"]
+    hp = SimpleNamespace(class_names=names, palette=class_palette(3).tolist(), ignore_index=255)
+    mask = np.array([[0, 1], [2, 255]])
+    shown = [Shown(f"val_{i}", np.zeros((2, 2, 3), np.uint8), mask, mask * 0, 0.25) for i in range(2)]
+    pictures = ValidationPictures()
+    pictures.worst = shown[:1]
+    pictures.history = [{"epoch": 0, "val/miou": 0.2}, {"epoch": 1, "val/miou": 0.3}]
+    pictures.learning_rates = [(0, 1e-3), (10, 5e-4)]
+    drawn = {}
+    monkeypatch.setattr(run_pictures, "save_figure", lambda fig, path: drawn.setdefault(path.name, fig))
+    metrics = {"val/iou/background": 0.9, "val/iou/disk": 0.3, "val/miou": 0.4}
+    title = "val, epoch 1, best.ckpt"
+    pictures._draw(tmp_path, shown, hp, torch.eye(3), metrics, title, ("best.ckpt", 1))
+    assert_readable(drawn["val_examples.png"], f"{title}: fixed examples", [*names, "ignored"])
+    assert_readable(drawn["val_worst.png"], f"{title}: the 1 worst images (lowest per-image mIoU)", names)
+    assert_readable(drawn["confusion_matrix.png"], f"{title}: confusion matrix (rows sum to 1)", names)
+    assert_readable(drawn["per_class_iou.png"], f"{title}: per-class IoU", names)
+    assert_readable(drawn["training_curves.png"], "train and val, epochs 0–1; best.ckpt is epoch 1")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+import logging
 from pathlib import Path
 
 import cv2
@@ -14,8 +16,9 @@ from semseg.data.batch import MASK_PAD_CODE, BatchPreparer
 from semseg.data.dataset import list_pairs
 from semseg.data.samples import FileSamples
 from semseg.data.synthetic import SyntheticSpec, generate
-from semseg.data.transforms import build_transforms
+from semseg.data.transforms import augment_preset, build_transforms
 from semseg.errors import DataError
+from tests.conftest import CONF_DIR
 
 
 def write_pair(
@@ -137,29 +140,81 @@ def test_unreadable_image_is_named(tmp_path: Path):
         datamodule(tmp_path).datasets["train"][0]
 
 
-def test_augmentations_move_image_and_mask_together():
+AUGMENT_PRESETS = sorted(path.stem for path in (CONF_DIR / "augment").glob("*.yaml"))
+
+
+def _boxes_image() -> tuple[np.ndarray, np.ndarray]:
     image = np.zeros((40, 56, 3), np.uint8)
     image[5:17, 9:30] = 200
     image[25:35, 40:52] = 120
     mask = (image[..., 0] // 100).astype(np.uint8)  # 0 background, 1 the dim box, 2 the bright box
-    augment = [
+    return image, mask
+
+
+def _assert_aligned(img: np.ndarray, msk: np.ndarray) -> None:
+    # Linear interpolation blends the image at edges; where a pixel's 3x3 neighbourhood is flat,
+    # its value says the class, and the mask there must agree: the classes' values do not overlap
+    # and keep their order (a colour jitter moves every value alike).
+    kernel = np.ones((3, 3), np.uint8)
+    flat = (cv2.dilate(img, kernel) - cv2.erode(img, kernel)) < 1
+    judged = flat & (msk != MASK_PAD_CODE)
+    assert judged.sum() > 100
+    assert set(np.unique(msk)) <= {0, 1, 2, MASK_PAD_CODE}  # nearest-neighbour: no new values
+    present = [c for c in (0, 1, 2) if (judged & (msk == c)).sum() > 5]
+    for low, high in itertools.pairwise(present):
+        # 0.1% of judged pixels may sit on a one-pixel sliver where both sides look flat.
+        assert np.quantile(img[judged & (msk == low)], 0.999) < np.quantile(img[judged & (msk == high)], 0.001)
+
+
+@pytest.mark.parametrize("preset", ["custom", *AUGMENT_PRESETS])
+def test_augmentations_move_image_and_mask_together(preset: str):
+    image, mask = _boxes_image()
+    augment = augment_preset(preset) if preset != "custom" else [
         {"_target_": "albumentations.HorizontalFlip", "p": 0.5},
         {"_target_": "albumentations.RandomRotate90", "p": 0.5},
         {"_target_": "albumentations.Affine", "rotate": [-30, 30], "scale": [0.8, 1.2], "p": 1.0},
-    ]
-    transform = build_transforms(train=True, crop_size=[32, 32], augment=augment)
-    kernel = np.ones((3, 3), np.uint8)
-    for _ in range(50):
+    ]  # fmt: skip
+    transform = build_transforms(train=True, crop_size=[32, 32], augment=augment, seed=0)
+    for _ in range(30):
         out = transform(image=image, mask=mask)
-        img, msk = out["image"][0].numpy(), out["mask"].numpy()
-        # Linear interpolation blends the image at edges; where a pixel's 3x3 neighbourhood is
-        # flat, its value says the class, and the mask there must agree.
-        flat = (cv2.dilate(img, kernel) - cv2.erode(img, kernel)) < 1
-        judged = flat & (msk != MASK_PAD_CODE)
-        expected = np.select([img > 160, img > 60], [2, 1], 0)
-        assert judged.sum() > 100
-        assert (msk[judged] == expected[judged]).mean() > 0.999
-        assert set(np.unique(msk)) <= {0, 1, 2, MASK_PAD_CODE}  # nearest-neighbour: no new values
+        _assert_aligned(out["image"][0].numpy(), out["mask"].numpy())
+
+
+@pytest.mark.parametrize("preset", AUGMENT_PRESETS)
+def test_augment_presets_keep_each_sample_shape(preset: str):
+    image, mask = _boxes_image()  # 40x56: a 90-degree turn would make it 56x40
+    transform = build_transforms(train=True, augment=augment_preset(preset), seed=0)
+    for _ in range(30):
+        out = transform(image=image, mask=mask)
+        assert out["image"].shape == (3, 40, 56) and out["mask"].shape == (40, 56)
+        _assert_aligned(out["image"][0].numpy(), out["mask"].numpy())
+
+
+def test_rotations_turn_square_samples_by_90_degrees():
+    image, mask = _boxes_image()
+    image, mask = image[:40, :40], mask[:40, :40]
+    transform = build_transforms(train=True, augment=augment_preset("rotations"), seed=0)
+    turned = [np.rot90(mask, k) for k in (1, 3)]
+    outs = [transform(image=image, mask=mask)["mask"].numpy() for _ in range(40)]
+    assert any(np.array_equal(out, t) for out in outs for t in turned)
+
+
+def test_data_augment_takes_a_preset_name_too():
+    named = build_transforms(train=True, augment="street", seed=0)
+    listed = build_transforms(train=True, augment=augment_preset("street"), seed=0)
+    assert [type(t).__name__ for t in named.transforms] == [type(t).__name__ for t in listed.transforms]
+    with pytest.raises(DataError, match=r"data.augment=sideways: no such augment preset \(presets: elastic, hflip"):
+        build_transforms(train=True, augment="sideways")
+
+
+def test_a_shape_turning_augmentation_on_non_square_samples_says_what_it_costs(caplog):
+    turning = [{"_target_": "albumentations.RandomRotate90", "p": 0.5}]
+    with caplog.at_level(logging.WARNING, logger="semseg.data.transforms"):
+        build_transforms(train=True, crop_size=[32, 32], augment=turning)
+        assert not caplog.records  # square crops: nothing changes shape
+        build_transforms(train=True, augment=turning, image_size=[192, 256])
+    assert "RandomRotate90 turns non-square samples on their side" in caplog.text
+    assert "augment=rotations" in caplog.text
 
 
 def test_crop_padding_fills_masks_with_the_ignore_code_never_a_class():

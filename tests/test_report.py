@@ -1,4 +1,5 @@
-"""report.py: runs found from their files, grouped across seeds, mean ± std, Markdown and CSV."""
+"""report.py: runs found from their files, grouped across seeds, mean ± std, Markdown and CSV, and
+pictures that say what they show."""
 
 from __future__ import annotations
 
@@ -10,10 +11,16 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
+from omegaconf import OmegaConf
 
 from semseg.errors import DataError
 from semseg.report import find_runs, leaderboard, metric_columns, to_markdown
+from semseg.report_figures import bar_chart_figure, prediction_grid_figure
+from semseg.visualize import checkpoint_epoch
+from tests.conftest import compose_cfg
+from tests.figures import assert_readable, legend_labels
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -63,3 +70,28 @@ def test_the_script_writes_markdown_and_csv(tmp_path: Path):
 def test_a_folder_without_runs_is_a_clear_error(tmp_path: Path):
     with pytest.raises(DataError, match=r"no metrics\.json under"):
         find_runs(tmp_path)
+
+
+def test_the_bar_chart_says_which_splits_and_checkpoints_it_scores(tmp_path: Path):
+    fake_run(tmp_path / "0", "ce", 0, 0.5)
+    fake_run(tmp_path / "1", "dice", 0, 0.4)
+    (tmp_path / "1" / "checkpoints").mkdir()
+    torch.save({"epoch": 7}, tmp_path / "1" / "checkpoints" / "best.ckpt")  # Lightning counts from 0
+    fig = bar_chart_figure(leaderboard(find_runs(tmp_path)))
+    assert_readable(fig, "val of each run's best.ckpt")
+    assert legend_labels(fig) == ["val/miou"]
+    assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == ["loss=ce", "loss=dice\n(epoch 8)"]
+
+
+def test_the_prediction_grid_names_the_classes_and_each_runs_checkpoint(trained_run: Path, tiny_root: Path,
+                                                                         tmp_path: Path):  # fmt: skip
+    run = tmp_path / "run"
+    (run / ".hydra").mkdir(parents=True)
+    OmegaConf.save(compose_cfg([f"data.root={tiny_root}"]), run / ".hydra" / "config.yaml")
+    (run / "metrics.json").write_text((trained_run / "metrics.json").read_text())
+    (run / "checkpoints").symlink_to(trained_run / "checkpoints")
+    fig, notes = prediction_grid_figure(find_runs(run), num_images=2)
+    assert notes == []
+    epoch = checkpoint_epoch(trained_run / "checkpoints" / "best.ckpt")
+    assert_readable(fig, f"val, epoch {epoch}, best.ckpt", ["background", "disk", "square", "triangle", "speck"])
+    assert fig.axes[2].get_title() == f"defaults\nbest.ckpt, epoch {epoch}"  # the run's column

@@ -1,5 +1,5 @@
-"""What every entry point shares: user errors printed as one clear message, not a traceback, and
-multirun jobs that fail without stopping the sweep."""
+"""What every entry point shares: user errors printed as one clear message, not a traceback,
+multirun jobs that fail without stopping the sweep, and a console without upstream noise."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from typing import TypeVar
 
 from hydra.core.hydra_config import HydraConfig
 
+from semseg.console import quiet_upstream_noise
 from semseg.distributed import in_multirun
 from semseg.errors import SemsegError
 from semseg.files import write_json_atomic
@@ -32,10 +33,12 @@ def user_message(error: SemsegError) -> str:
 
 
 def exit_on_user_error(main: Callable[..., T]) -> Callable[..., T]:
-    """Runs ``main``; a ``SemsegError`` (bad data or config) prints its message and exits 2."""
+    """Runs ``main``; a ``SemsegError`` (bad data or config) prints its message and exits 2.
+    Upstream messages that need no action are left out of its console (``quiet_upstream_noise``)."""
 
     @functools.wraps(main)
     def wrapper(*args, **kwargs) -> T:
+        quiet_upstream_noise()
         try:
             return main(*args, **kwargs)
         except SemsegError as error:
@@ -56,6 +59,7 @@ def run_job(main: Callable[..., float | None]) -> Callable[..., float | None]:
     def wrapper(*args, **kwargs) -> float | None:
         if not in_multirun():
             return single(*args, **kwargs)
+        quiet_upstream_noise()
         try:
             return main(*args, **kwargs)
         except Exception as error:

@@ -15,7 +15,6 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-import torch.distributed as dist
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import read_write
@@ -43,6 +42,8 @@ def ranks_run_this_job() -> Iterator[None]:
         sys.argv = saved_argv
         with read_write(hydra.run):
             hydra.run.dir = saved_run_dir
+        import torch.distributed as dist  # here: the entry points import this module before parsing --help
+
         if dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()  # the next job starts its own, with its own ranks
         os.environ.clear()

@@ -13,7 +13,7 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from lightning.pytorch.loggers import Logger, WandbLogger
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from semseg.distributed import in_multirun
 from semseg.network import can_reach
@@ -80,19 +80,31 @@ def build_logger(
     """
     if not cfg:
         return False
-    cfg = dict(cfg)
+    cfg = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
     if cfg.get("_target_", "").endswith("WandbLogger"):
         offline = wandb_should_be_offline(cfg.get("offline", "auto"))
         cfg["offline"] = offline
         if offline:
-            print("W&B: no credentials or no network, logging offline (upload later with `wandb sync`).")
+            # The upload command, with the run's folder, ends the run (finish_logger).
+            print("W&B: no credentials or no network, logging offline into the run folder.")
         Path(cfg["save_dir"]).mkdir(parents=True, exist_ok=True)
         for key, value in (identity or {}).items():
             if cfg.get(key) is None:
                 cfg[key] = value
         if resume_id:
             cfg |= {"id": resume_id, "resume": "allow"}
-    return instantiate(cfg)
+    # Plain containers: wandb.init takes its ``settings`` as a dict, not as OmegaConf's DictConfig.
+    logger = instantiate(cfg, _convert_="all")
+    _drop_anonymous(logger)
+    return logger
+
+
+def _drop_anonymous(logger: Logger) -> None:
+    """Lightning's WandbLogger always hands wandb.init ``anonymous`` (None unless asked), and wandb
+    warns that the setting has no effect whenever it is given: leave it out when it is None."""
+    init = getattr(logger, "_wandb_init", None)
+    if isinstance(init, dict) and init.get("anonymous", False) is None:
+        del init["anonymous"]
 
 
 def wandb_run_id(checkpoint_path: str | Path | None) -> str | None:
@@ -103,12 +115,16 @@ def wandb_run_id(checkpoint_path: str | Path | None) -> str | None:
     return checkpoint.get(WANDB_RUN_ID_KEY)
 
 
-def finish_logger(logger: Logger | bool, summary: Mapping[str, float] | None = None, exit_code: int = 0) -> None:
-    """Closes a W&B run (with ``summary`` values added) and, for an offline one, prints the
-    command that uploads it. A failed job passes ``exit_code=1``: the next job of a multirun then
-    starts a run of its own instead of logging into this one."""
+def finish_logger(
+    logger: Logger | bool, summary: Mapping[str, float] | None = None, exit_code: int = 0, say_sync: bool = True
+) -> str | None:
+    """Closes a W&B run (with ``summary`` values added) and, for an offline one, returns the
+    command that uploads it, and prints it unless ``say_sync`` is false (training's closing summary
+    lists it with the other next commands; wandb's own hint is off, ``settings.quiet`` in
+    conf/logger/wandb.yaml, so the user sees one). A failed job passes ``exit_code=1``: the next job
+    of a multirun then starts a run of its own instead of logging into this one."""
     if not isinstance(logger, WandbLogger):
-        return
+        return None
     import wandb
 
     run = logger.experiment
@@ -117,5 +133,9 @@ def finish_logger(logger: Logger | bool, summary: Mapping[str, float] | None = N
     run_dir = Path(run.dir).parent  # .../wandb/offline-run-*/files -> the run folder
     offline = run.offline
     wandb.finish(exit_code=exit_code)
-    if offline:
-        print(f"W&B run saved offline. Upload it with: wandb sync {run_dir}")
+    if not offline:
+        return None
+    command = f"wandb sync {run_dir}"
+    if say_sync:
+        print(f"W&B run saved offline. Upload it with: {command}")
+    return command

@@ -47,7 +47,7 @@ class SegmentationModule(L.LightningModule):
         normalization: ``{"mean": [...], "std": [...]}`` of the inputs (0..1 units); None takes
             the encoder's (see ``semseg.models.encoder_normalization``).
         boundary_width: band width in pixels of the boundary IoU metric.
-        palette: one ``[R, G, B]`` per class for pictures and colour masks; None: Pascal VOC's.
+        palette: one ``[R, G, B]`` per class for pictures and colour masks; None: ``semseg.visualize``'s default.
         inference: the ``inference`` config group, how val and test see images (whole, tiled,
             TTA; see ``semseg.inference``).
         data: the training ``data`` config, kept for inference (input size, label map) and as

@@ -1,9 +1,15 @@
 """The leaderboard's pictures: a bar chart of the scores, and the same validation images predicted by
-every run side by side (the book's FCN-vs-U-Net view)."""
+every run side by side (the book's FCN-vs-U-Net view).
+
+As the run folder's pictures (semseg.run_pictures): ``*_figure`` functions return the figure (tests
+read it), their namesakes save it; titles say the split, checkpoint and epoch shown.
+"""
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
@@ -12,20 +18,36 @@ matplotlib.use("Agg")  # files only: no display, no GUI toolkit
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
-from matplotlib.patches import Patch
+from matplotlib.figure import Figure
 from omegaconf import OmegaConf, open_dict
 
 from semseg.checkpoint import load_module
 from semseg.module import SegmentationModule
 from semseg.report import Row, Run
+from semseg.run_pictures import (
+    LEGEND_ROW_IN,
+    MIN_FONT_PT,
+    TITLE_PT,
+    Classes,
+    class_legend,
+    image_panel,
+    legend_width,
+    save_figure,
+)
 from semseg.train import build_datamodule
-from semseg.visualize import colorize, to_display
+from semseg.visualize import checkpoint_epoch, picture_title, to_display
 
 
 def bar_chart(rows: Sequence[Row], path: Path, metrics: Sequence[str] = ("val/miou", "test/miou")) -> None:
-    """Horizontal bars of each row's mean score, with the standard deviation across seeds."""
+    """Writes ``bar_chart_figure``."""
+    save_figure(bar_chart_figure(rows, metrics), path)
+
+
+def bar_chart_figure(rows: Sequence[Row], metrics: Sequence[str] = ("val/miou", "test/miou")) -> Figure:
+    """Horizontal bars of each row's mean score, with the standard deviation across seeds; each row
+    says the epoch of its runs' checkpoint."""
     metrics = [m for m in metrics if any(row.values(m) for row in rows)]
-    fig, ax = plt.subplots(figsize=(7, 0.5 + 0.45 * len(rows) * len(metrics)))
+    fig, ax = plt.subplots(figsize=(7, 1.2 + 0.45 * len(rows) * len(metrics)), layout="constrained")
     height = 0.8 / max(len(metrics), 1)
     positions = np.arange(len(rows))
     for i, metric in enumerate(metrics):
@@ -33,14 +55,24 @@ def bar_chart(rows: Sequence[Row], path: Path, metrics: Sequence[str] = ("val/mi
         means = [mean or 0.0 for mean, _ in stats]
         errors = [std or 0.0 for _, std in stats]
         ax.barh(positions + i * height, means, height, xerr=errors, label=metric, capsize=3)
-    ax.set_yticks(positions + height * (len(metrics) - 1) / 2, [row.name for row in rows])
+    ax.set_yticks(positions + height * (len(metrics) - 1) / 2, [_row_label(row) for row in rows])
     ax.invert_yaxis()  # the best row on top, as in the table
     ax.set_xlim(0, 1)
     ax.set_xlabel("score (mean ± std across seeds)")
-    ax.legend(loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    fig.legend(loc="outside right upper", frameon=False)  # beside the bars: a long bar runs under an inside one
+    splits = " and ".join(dict.fromkeys(m.split("/")[0] for m in metrics)) or "no scores"
+    # metrics.json says "checkpoint": "last" when validation was off: the final weights were scored.
+    checkpoints = " or ".join(sorted({f"{run.metrics.get('checkpoint', 'best')}.ckpt" for r in rows for run in r.runs}))
+    fig.suptitle(f"{splits} of each run's {checkpoints}", fontsize=TITLE_PT)
+    return fig
+
+
+def _row_label(row: Row) -> str:
+    """The row's name, and the epoch(s) of its runs' checkpoints where they are there to read."""
+    epochs = [e for run in row.runs if (path := _checkpoint(run)) and (e := checkpoint_epoch(path)) is not None]
+    if not epochs:
+        return row.name
+    return f"{row.name}\n(epoch{'s' * (len(epochs) > 1)} {', '.join(map(str, epochs))})"
 
 
 def _checkpoint(run: Run) -> Path | None:
@@ -66,11 +98,68 @@ def _prepared(module: SegmentationModule, sample: dict) -> dict:
 
 
 def prediction_grid(runs: Sequence[Run], path: Path, num_images: int = 4, seed: int = 0) -> list[str]:
-    """Draws the same validation images (a seeded choice) predicted by every run's best checkpoint.
+    """Writes ``prediction_grid_figure`` (when some run could be drawn); returns its notes."""
+    fig, notes = prediction_grid_figure(runs, num_images, seed)
+    if fig is not None:
+        save_figure(fig, path)
+    return notes
+
+
+@dataclass
+class _Column:
+    """One run's predictions of the picked images, and which checkpoint made them."""
+
+    run: Run
+    predictions: list[np.ndarray]
+    checkpoint: str
+    epoch: int | None
+
+
+def prediction_grid_figure(runs: Sequence[Run], num_images: int = 4, seed: int = 0) -> tuple[Figure | None, list[str]]:
+    """The same validation images (a seeded choice) predicted by every run's best checkpoint, one
+    column a run, titled with its checkpoint and epoch; the class legend below.
 
     Runs need their checkpoint and the same validation set as the first run; the others are left
-    out, and the returned notes say which and why.
+    out, and the returned notes say which and why (no figure when no run is left).
     """
+    reference, columns, notes = _predict(runs, num_images, seed)
+    if reference is None:
+        return None, notes
+    names, picked, dataset, module = reference
+    hp = module.hparams
+    classes = Classes(hp.class_names, module.palette, hp.ignore_index)
+    mean, std = module.normalization
+    samples = [_prepared(module, dataset[index]) for index in picked]
+    ignored = classes.any_ignored([sample["mask"][0].numpy() for sample in samples])
+    width = 2.2 * (2 + len(columns))
+    legend_cols = max(1, min(len(classes.names) + ignored, int(width / legend_width(classes.names, 1))))
+    legend_rows = -(-(len(classes.names) + ignored) // legend_cols) + 1  # and its title
+    fig, axes = plt.subplots(len(picked), 2 + len(columns), squeeze=False, layout="constrained",
+                             figsize=(width, 2.2 * len(picked) + 0.9 + LEGEND_ROW_IN * legend_rows))  # fmt: skip
+    common = set.intersection(*(set(c.run.overrides) for c in columns)) if len(columns) > 1 else set()
+    titles = ["image", "ground truth", *(_column_title(c, common) for c in columns)]
+    for row, sample in enumerate(samples):
+        panels = [to_display(sample["image"][0].numpy(), mean, std), classes.colorize(sample["mask"][0].numpy())]
+        panels += [classes.colorize(c.predictions[row]) for c in columns]
+        for col, picture in enumerate(panels):
+            image_panel(axes[row, col], picture, titles[col] if row == 0 else None)
+        axes[row, 0].set_ylabel(names[picked[row]], fontsize=MIN_FONT_PT)
+    shown = {(c.epoch, c.checkpoint) for c in columns}
+    title = picture_title("val", *shown.pop()) if len(shown) == 1 else "val, each run's checkpoint and epoch above it"
+    fig.suptitle(title, fontsize=TITLE_PT)
+    class_legend(fig, classes, "outside lower center", legend_cols, ignored)
+    return fig, notes
+
+
+def _column_title(column: _Column, common: set[str]) -> str:
+    # Wrapped: a run's name of several overrides is wider than its 2.2-inch column.
+    name = textwrap.fill(column.run.name(common), 28)
+    return f"{name}\n{picture_title(column.checkpoint, column.epoch)}"
+
+
+def _predict(runs: Sequence[Run], num_images: int, seed: int) -> tuple[tuple | None, list[_Column], list[str]]:
+    """(validation image names, picked indices, data set, first module) or None, each drawable
+    run's column, and notes on the runs left out."""
     notes, columns, reference = [], [], None
     for run in runs:
         checkpoint = _checkpoint(run)
@@ -89,34 +178,5 @@ def prediction_grid(runs: Sequence[Run], path: Path, num_images: int = 4, seed: 
             continue
         with torch.no_grad():
             predictions = [module(_prepared(module, dataset[i])["image"]).argmax(1)[0].numpy() for i in reference[1]]
-        columns.append((run, predictions))
-    if reference is None:
-        return notes
-    names, picked, dataset, module = reference
-    hp = module.hparams
-    palette = module.palette
-    mean, std = module.normalization
-    fig, axes = plt.subplots(len(picked), 2 + len(columns), figsize=(2.2 * (2 + len(columns)), 2.2 * len(picked) + 0.6))
-    axes = np.atleast_2d(axes)
-    common = set.intersection(*(set(r.overrides) for r, _ in columns)) if len(columns) > 1 else set()
-    for row, index in enumerate(picked):
-        sample = _prepared(module, dataset[index])
-        panels = [
-            ("image", to_display(sample["image"][0].numpy(), mean, std)),
-            ("ground truth", colorize(sample["mask"][0].numpy(), palette, hp.ignore_index)),
-        ]
-        panels += [(run.name(common), colorize(p[row], palette, hp.ignore_index)) for run, p in columns]
-        for col, (title, picture) in enumerate(panels):
-            ax = axes[row, col]
-            ax.imshow(picture, interpolation="nearest")
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if row == 0:
-                ax.set_title(title, fontsize=8)
-        axes[row, 0].set_ylabel(names[index], fontsize=7)
-    handles = [Patch(color=palette[i] / 255, label=name) for i, name in enumerate(hp.class_names)]
-    fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 8), fontsize=7, frameon=False)
-    fig.tight_layout(rect=(0, 0.05, 1, 1))
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return notes
+        columns.append(_Column(run, predictions, checkpoint.name, checkpoint_epoch(checkpoint)))
+    return reference, columns, notes

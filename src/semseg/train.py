@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import lightning as L
+from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import WandbLogger
@@ -18,18 +19,21 @@ from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
-from semseg.callbacks import StopRanksOnError
+from semseg.callbacks import EpochLog, ModelSummaryWithFlops, StopRanksOnError
 from semseg.class_weights import resolve_class_weights
+from semseg.console import training_summary
 from semseg.data import SegmentationDataModule
 from semseg.data.dataset import resolve_class_names
 from semseg.data.doctor import DataReport, check_data
 from semseg.data.sampling import EpochSeeding
-from semseg.distributed import ranks_run_this_job
+from semseg.data.synthetic import own_folder_or_synthetic
+from semseg.distributed import in_multirun, ranks_run_this_job
 from semseg.files import write_json_atomic
 from semseg.loggers import build_logger, finish_logger, run_identity, wandb_run_id
 from semseg.models import count_gflops, count_parameters
 from semseg.module import SegmentationModule
 from semseg.trainer_defaults import check_gpus_exist, trainer_kwargs
+from semseg.visualize import checkpoint_epoch
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +124,21 @@ def _model_cost(module: SegmentationModule, data: DictConfig, report: DataReport
     return {"params": count_parameters(module.net), "gflops": gflops, "gflops_input": [height, width]}
 
 
+def _command_line() -> list[str]:
+    """The overrides the user gave (none when train() is called without Hydra's runtime)."""
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+
+
+def _suggest_pretrained(cfg: DictConfig) -> None:
+    # Training a real data set from scratch is rarely what one wants; the synthetic default is
+    # meant to run offline in minutes, so it stays quiet there.
+    if not cfg.data.get("synthetic") and cfg.model.get("encoder_weights") is None and rank_zero_only.rank == 0:
+        log.info(
+            "the encoder starts from random weights: on real images, pretrained ones usually do much better; "
+            "ask for them with model.encoder_weights=imagenet (downloaded once, then cached)"
+        )
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     """Trains, validates and tests the configured model.
 
@@ -131,6 +150,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
         ``test/*`` metrics; also written to ``<output_dir>/metrics.json``.
     """
     check_gpus_exist(cfg.trainer)  # before any output: asking for absent GPUs is a config error
+    data = own_folder_or_synthetic(OmegaConf.to_container(cfg.data, resolve=True), _command_line())
+    cfg.data = OmegaConf.create(data)
+    _suggest_pretrained(cfg)
     output_dir = Path(cfg.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     seed = L.seed_everything(cfg.seed, workers=True)
@@ -162,8 +184,18 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if rank_zero_only.rank == 0:
         write_json_atomic(output_dir / "metrics.json", json_safe(metrics))
         write_json_atomic(output_dir / "run_info.json", run_info)
-    finish_logger(logger, summary={"val/miou_best": metrics.get("val/miou"), **run_info})
+    sync = finish_logger(logger, summary={"val/miou_best": metrics.get("val/miou"), **run_info}, say_sync=False)
+    if rank_zero_only.rank == 0:
+        # A multirun's report covers its whole sweep: the jobs' folders are <sweep>/<n>.
+        report_folder = output_dir.parent if in_multirun() else output_dir
+        log.info(training_summary(output_dir, metrics, run_info, cfg.data.root, report_folder, sync))
     return metrics
+
+
+def _in_run(path: str | Path, output_dir: str | Path) -> str:
+    """``path`` relative to the run folder when inside it (run_info.json stays valid if the folder moves)."""
+    path, output_dir = Path(path).resolve(), Path(output_dir).resolve()
+    return str(path.relative_to(output_dir)) if path.is_relative_to(output_dir) else str(path)
 
 
 def resume_checkpoint(cfg: DictConfig) -> str | None:
@@ -196,15 +228,20 @@ def _fit_and_evaluate(
     say so (``validation: off``, ``checkpoint: last``)."""
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
     # Not config choices: resuming replays the same epochs only if every epoch is seeded alike,
-    # and a failed rank 0 must not leave the other ranks waiting.
-    callbacks += [EpochSeeding(datamodule.seed), StopRanksOnError()]
+    # a failed rank 0 must not leave the other ranks waiting, and the run's record (an epoch's
+    # line in train.log) must not depend on which callbacks a config picks.
+    callbacks += [EpochSeeding(datamodule.seed), StopRanksOnError(), EpochLog()]
+    run_info = _model_cost(module, cfg.data, report)
+    kwargs = trainer_kwargs(cfg.trainer, cfg.data)
+    if kwargs.pop("enable_model_summary", True):  # Lightning's own would say "Total FLOPs: 0"
+        callbacks.append(ModelSummaryWithFlops(round(run_info["gflops"] * 1e9)))
     trainer = L.Trainer(
-        **trainer_kwargs(cfg.trainer, cfg.data),
+        **kwargs,
+        enable_model_summary=False,
         callbacks=callbacks,
         logger=logger,
         default_root_dir=str(cfg.output_dir),
     )
-    run_info = _model_cost(module, cfg.data, report)
     for each in trainer.loggers:
         each.log_hyperparams({"params": run_info["params"], "gflops": run_info["gflops"]})
 
@@ -222,7 +259,9 @@ def _fit_and_evaluate(
         # monitor-less last.ckpt after validation when it is not every epoch, so save it here.
         last = next((c for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint) and not c.monitor), None)
         if last is not None:  # every rank: saving has a barrier; rank 0 writes
-            trainer.save_checkpoint(Path(last.dirpath) / f"{last.filename}{last.FILE_EXTENSION}", weights_only=False)
+            final = Path(last.dirpath) / f"{last.filename}{last.FILE_EXTENSION}"
+            trainer.save_checkpoint(final, weights_only=False)
+            run_info["checkpoint"] = _in_run(final, cfg.output_dir)
         log.info("no validation ran: the final weights (checkpoints/last.ckpt) are the result and are tested")
         metrics = {"validation": "off", "checkpoint": "last"}
     else:
@@ -230,6 +269,7 @@ def _fit_and_evaluate(
         # monitored one.
         validated = trainer.validate(module, datamodule=datamodule, ckpt_path=best, verbose=False, weights_only=True)
         metrics.update({k: float(v) for k, v in validated[0].items()})
+        run_info |= {"checkpoint": _in_run(best, cfg.output_dir), "best_epoch": checkpoint_epoch(best)}
     if cfg.get("run_test", True) and datamodule.has_test_split:
         tested = trainer.test(module, datamodule=datamodule, ckpt_path=best, weights_only=True)
         metrics.update({k: float(v) for k, v in tested[0].items()})

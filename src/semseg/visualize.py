@@ -1,15 +1,67 @@
-"""Colours for class masks: one palette for every picture (report, run folder, W&B, predict)."""
+"""Colours for class masks and the captions of pictures: one palette and one way of saying what a
+picture shows for every picture (report, run folder, W&B, predict)."""
 
 from __future__ import annotations
+
+import functools
+import pickle
+from pathlib import Path
 
 import numpy as np
 
 IGNORE_COLOUR = (255, 255, 255)  # ignored pixels are white in every picture
+BACKGROUND_COLOUR = (0, 0, 0)  # class 0, usually the background, is black
+# Class colours are this light (CIELAB L*, 0-100) at least, so none is lost on the black class 0
+# (Pascal VOC's navy was), and this light at most, so none is mistaken for ignored white.
+LIGHTNESS = (50.0, 90.0)
 
 
 def class_palette(num_classes: int) -> np.ndarray:
-    """(num_classes, 3) uint8 RGB colours: Pascal VOC's colour map (class 0 black, then dark red,
-    green, olive, ...), which spreads the bits of the class index over the three channels."""
+    """(num_classes, 3) uint8 RGB colours, the default one: class 0 black, then colours chosen one
+    by one as far as possible (in CIELAB, which measures difference as the eye sees it) from black,
+    ignored white and every colour chosen before (Glasbey's method), so that each class stands out
+    from the background and from its neighbours; the first ones are the most distinct."""
+    colours = _distinct_colours(max(num_classes - 1, 0))
+    palette = np.zeros((num_classes, 3), np.uint8)
+    palette[:1] = BACKGROUND_COLOUR
+    for index in range(1, num_classes):
+        palette[index] = colours[(index - 1) % len(colours)]  # repeats only past ~2000 classes
+    return palette
+
+
+@functools.cache
+def _distinct_colours(count: int) -> np.ndarray:
+    """The first ``count`` colours of the greedy order (fewer when the candidates run out)."""
+    levels = np.linspace(0, 255, 18).round()
+    candidates = np.stack(np.meshgrid(levels, levels, levels, indexing="ij"), axis=-1).reshape(-1, 3)
+    lab = _srgb_to_lab(candidates)
+    allowed = (lab[:, 0] >= LIGHTNESS[0]) & (lab[:, 0] <= LIGHTNESS[1])
+    candidates, lab = candidates[allowed], lab[allowed]
+    taken = _srgb_to_lab(np.array([BACKGROUND_COLOUR, IGNORE_COLOUR], float))
+    distance = np.linalg.norm(lab[:, None] - taken[None], axis=2).min(axis=1)
+    order = []
+    for _ in range(min(count, len(candidates))):
+        chosen = int(np.argmax(distance))
+        order.append(chosen)
+        distance = np.minimum(distance, np.linalg.norm(lab - lab[chosen], axis=1))
+    return candidates[order].astype(np.uint8)
+
+
+def _srgb_to_lab(rgb: np.ndarray) -> np.ndarray:
+    """(N, 3) sRGB 0-255 -> (N, 3) CIELAB (D65 white)."""
+    c = rgb / 255.0
+    linear = np.where(c > 0.04045, ((c + 0.055) / 1.055) ** 2.4, c / 12.92)
+    to_xyz = np.array([[0.4124, 0.3576, 0.1805], [0.2126, 0.7152, 0.0722], [0.0193, 0.1192, 0.9505]])
+    xyz = linear @ to_xyz.T / np.array([0.95047, 1.0, 1.08883])
+    f = np.where(xyz > (6 / 29) ** 3, np.cbrt(xyz), xyz / (3 * (6 / 29) ** 2) + 4 / 29)
+    return np.stack([116 * f[:, 1] - 16, 500 * (f[:, 0] - f[:, 1]), 200 * (f[:, 1] - f[:, 2])], axis=1)
+
+
+def pascal_voc_palette(num_classes: int) -> np.ndarray:
+    """(num_classes, 3) uint8 RGB: Pascal VOC's colour map (class 0 black, then dark red, green,
+    olive, ...), which spreads the bits of the class index over the three channels. Not the default
+    (its dark colours vanish on black); for matching pictures made with VOC's colours, give it as
+    ``data.palette``."""
     palette = np.zeros((num_classes, 3), np.uint8)
     for index in range(num_classes):
         value, colour = index, [0, 0, 0]
@@ -36,3 +88,25 @@ def to_display(image: np.ndarray, mean: list[float], std: list[float]) -> np.nda
     pixels = image * np.asarray(std)[:channels, None, None] + np.asarray(mean)[:channels, None, None]
     pixels = np.clip(np.rint(pixels * 255.0), 0, 255).astype(np.uint8).transpose(1, 2, 0)
     return np.repeat(pixels, 3, axis=2) if channels == 1 else pixels[..., :3]
+
+
+def picture_title(split: str, epoch: int | None, checkpoint: str | None = None, last: bool = False) -> str:
+    """What a picture shows: "val, epoch 12, best.ckpt", "val, epoch 30 (last)". ``epoch`` counts
+    from 1, as the console, train.log and run_info.json do (Lightning's counter + 1)."""
+    parts = [split]
+    if epoch is not None:
+        parts.append(f"epoch {epoch}" + (" (last)" if last else ""))
+    if checkpoint:
+        parts.append(checkpoint)
+    return ", ".join(parts)
+
+
+def checkpoint_epoch(path: str | Path) -> int | None:
+    """The epoch a Lightning checkpoint was saved at, counted from 1 as the console does (Lightning
+    stores its counter, from 0); None when unreadable. Memory-mapped: the weights are not read."""
+    import torch  # only callers that have checkpoints pay for it
+
+    try:
+        return int(torch.load(path, map_location="cpu", weights_only=True, mmap=True)["epoch"]) + 1
+    except (OSError, RuntimeError, ValueError, KeyError, TypeError, pickle.UnpicklingError):
+        return None

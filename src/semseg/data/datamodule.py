@@ -81,7 +81,9 @@ class SegmentationDataModule(L.LightningDataModule):
         self.cache, self.cache_max_gb = cache, cache_max_gb
         # Without a seed, one drawn here: shuffling and augmentations still need one (EpochSampler).
         self.seed = secrets.randbits(31) if seed is None else int(seed)
-        self.train_transform = build_transforms(train=True, crop_size=crop_size, augment=augment, seed=self.seed)
+        self.train_transform = build_transforms(
+            train=True, crop_size=crop_size, augment=augment, seed=self.seed, image_size=image_size
+        )
         self.eval_transform = build_transforms(train=False)
         self.datasets: dict[str, SegmentationDataset] = {}
 

@@ -31,7 +31,7 @@ from semseg.data.dataset import (
     resolve_class_names,
 )
 from semseg.data.mask_stats import MaskSummary, summarize_masks
-from semseg.data.synthetic import SyntheticSpec, generate
+from semseg.data.synthetic import SyntheticSpec, generate, own_folder_or_synthetic
 from semseg.errors import DataError, Problem, problems_message
 
 log = logging.getLogger(__name__)
@@ -420,7 +420,9 @@ def _class_warnings(splits: Mapping[str, SplitReport], names: Sequence[str]) -> 
 
 
 def inspect_data_config(data: Mapping, full: bool = False) -> DataReport:
-    """``inspect_dataset`` for a ``data`` config group; generates the synthetic set first if configured."""
+    """``inspect_dataset`` for a ``data`` config group; generates the synthetic set first if configured
+    (and ``data.root`` is not one's own folder: ``own_folder_or_synthetic``)."""
+    data = own_folder_or_synthetic(data)
     if data.get("synthetic"):
         generate(data["root"], SyntheticSpec(**data["synthetic"]))
     return inspect_dataset(

@@ -12,17 +12,21 @@ half-written data set behind.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
 
+from semseg.data.transforms import augment_preset
 from semseg.errors import DataError
+
+log = logging.getLogger(__name__)
 
 CLASS_NAMES = ("background", "disk", "square", "triangle", "speck")
 MANIFEST = "synthetic.json"
@@ -114,6 +118,45 @@ def generate(root: str | os.PathLike, spec: SyntheticSpec = SyntheticSpec()) -> 
 
 
 Render = Callable[[np.random.Generator], tuple[np.ndarray, np.ndarray]]
+
+
+# The augment preset data=folder gets (conf/train.yaml's default; data=synthetic chooses rotations).
+FOLDER_AUGMENT = "hflip"
+
+
+def own_folder_or_synthetic(data: Mapping, overrides: Sequence[str] = ()) -> dict:
+    """The ``data`` config as a run reads it: with generator settings (``data.synthetic``, the
+    default ``data=synthetic``), a ``data.root`` that exists without the generator's manifest is
+    the user's own data set, read exactly as ``data=folder`` would: nothing is generated, and the
+    synthetic set's class names and augmentation (rotations, right for shapes, not for photographs)
+    do not apply: ``class_0``.. and ``hflip`` unless ``overrides`` (the command line's) name them.
+    So ``data.root=/my/folder`` alone trains on one's own folder.
+
+    Raises:
+        DataError: ``data.root`` does not exist and ``data.num_classes`` is not the synthetic set's
+            (generating there would hide a mistyped path of one's own data set).
+    """
+    data = dict(data)
+    if not data.get("synthetic"):
+        return data
+    root = Path(data["root"])
+    if root.exists() and not (root / MANIFEST).exists():
+        log.info(
+            f"{root} is not a generated data set (no {MANIFEST}): training on it as your own image-mask folder, "
+            "as data=folder would"
+        )
+        data["synthetic"] = None
+        if list(data.get("class_names") or []) == list(CLASS_NAMES):
+            data["class_names"] = None
+        if not any(o.lstrip("+~").startswith(("augment=", "data.augment=")) for o in overrides):
+            data["augment"] = augment_preset(FOLDER_AUGMENT)
+    elif not root.exists() and data["num_classes"] != len(CLASS_NAMES):
+        raise DataError(
+            f"data.root={root} does not exist. The default data=synthetic generates its {len(CLASS_NAMES)}-class set "
+            f"into a missing folder, but data.num_classes={data['num_classes']}: check the path of your data set "
+            "(it must hold images/{train,val} and masks/{train,val})."
+        )
+    return data
 
 
 def write_dataset(root: Path, splits: dict[str, int], render: Render, seed: int, manifest: str, spec: dict) -> Path:
