@@ -10,7 +10,7 @@ GPU_SITE ?= /tmp/semseg-site
 # Published only as sdists (pure Python): downloaded as such and built into py3-none-any wheels here.
 GPU_SDISTS := antlr4-python3-runtime
 
-.PHONY: install train test test-all bench lint clean gpu-wheels gpu-check
+.PHONY: install train test test-all bench lint clean gpu-wheels gpu-check gpu-camvid
 
 install: $(VENV)/.installed
 
@@ -57,3 +57,9 @@ gpu-wheels:
 gpu-check:
 	python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target $(GPU_SITE) .whl/*.whl
 	PYTHONPATH=$(GPU_SITE):src python3 scripts/benchmark.py trainer=gpu bench=gpu data.batch_size=16 $(ARGS)
+
+# gpu-check's follow-up: experiment=camvid_gpu on the GPU machine (after gpu-check installed the
+# wheels), CamVid laid out as semseg's folder at CAMVID; prints the run's val mIoU and wall clock.
+CAMVID ?= data/camvid
+gpu-camvid:
+	PYTHONPATH=$(GPU_SITE):src python3 scripts/train.py experiment=camvid_gpu data.root=$(CAMVID) logger=csv $(ARGS)

@@ -3,15 +3,19 @@ tiny folder laid out like CamVid (11 classes, void stored as 11)."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
+from hydra import compose, initialize_config_dir
 from omegaconf import open_dict
 
 from semseg.train import train
-from tests.conftest import CHEAP, compose_cfg
+from tests.conftest import CHEAP, CONF_DIR, compose_cfg
 
 CAMVID_CLASSES = ["sky", "building", "pole", "road", "pavement", "tree", "signsymbol", "fence", "car", "pedestrian",
                   "bicyclist"]  # fmt: skip
@@ -51,3 +55,26 @@ def test_the_camvid_presets_train_a_few_steps(preset: str, tiny_camvid: Path, tm
     metrics = train(cfg)
     assert 0.0 <= metrics["val/miou"] <= 1.0
     assert {f"val/iou/{name}" for name in CAMVID_CLASSES} <= set(metrics)  # void (11) is ignored, not a class
+
+
+def test_the_baseline_loop_trains_and_scores_the_val_split(tiny_camvid: Path):
+    script = Path(__file__).resolve().parents[1] / "scripts" / "baseline_loop.py"
+    args = ["--root", str(tiny_camvid), "--num-classes", "11", "--ignore-index", "11", "--size", "48", "64",
+            "--epochs", "1", "--batch-size", "2"]  # fmt: skip
+    result = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    scores = json.loads(result.stdout.strip().splitlines()[-1])
+    assert 0.0 <= scores["val/miou"] <= 1.0 and 0.0 <= scores["val/pixel_acc"] <= 1.0
+    assert len(scores["val/iou"]) == 11 and scores["wall_clock_s"] > 0  # void (11) is ignored, not scored
+
+
+@pytest.mark.parametrize("preset", ["camvid_skips", "camvid_losses", "camvid_architectures"])
+def test_the_camvid_comparisons_sweep_what_the_docs_say(preset: str):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=[f"experiment={preset}"], return_hydra_config=True)
+    swept = dict(cfg.hydra.sweeper.params)
+    assert swept.pop("seed") == "0,1" and len(swept) == 1
+    assert list(cfg.data.image_size) == [144, 192] and cfg.trainer.max_epochs == 3
+    for option in next(iter(swept.values())).split(","):  # every swept option composes
+        compose_cfg([f"experiment={preset}", f"{next(iter(swept))}={option}"])
+    assert compose_cfg(["experiment=camvid_skips", "model=fcn32s"]).model.variant == "32s"

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf, open_dict
 
-from semseg.data.synthetic import MANIFEST, own_folder_or_synthetic
+from semseg.data.synthetic import MANIFEST, own_folder_groups, own_folder_or_synthetic
 from semseg.errors import DataError
 from semseg.train import train
 from tests.conftest import CHEAP, compose_cfg
@@ -34,6 +34,15 @@ def test_data_root_alone_reads_ones_own_folder_as_data_folder_does(own_root: Pat
     assert alone == folder
     assert alone["synthetic"] is None and alone["class_names"] is None
     assert sorted(path.name for path in own_root.iterdir()) == ["images", "masks"]  # nothing written
+    groups = ("loss", "optimizer")
+    synthetic = OmegaConf.to_container(compose_cfg([f"data.root={own_root}"]))
+    folder = OmegaConf.to_container(compose_cfg(["data=folder"]))
+    assert own_folder_groups(synthetic) == {g: folder[g] for g in groups}
+    assert all(synthetic[g] != folder[g] for g in groups)  # data=synthetic keeps its own loss and optimizer
+    chosen = ["loss=dice", "optimizer.weight_decay=0.01"]
+    synthetic = OmegaConf.to_container(compose_cfg([f"data.root={own_root}", *chosen]))
+    folder = OmegaConf.to_container(compose_cfg(["data=folder", *chosen]))
+    assert own_folder_groups(synthetic, chosen) == {g: folder[g] for g in groups}
 
 
 def test_own_class_names_and_augmentation_are_kept(own_root: Path):
@@ -66,6 +75,7 @@ def test_training_on_data_root_alone_names_classes_and_suggests_pretrained_weigh
     with caplog.at_level(logging.INFO):
         metrics = train(cfg)
     assert "val/iou/class_4" in metrics and "val/iou/speck" not in metrics
+    assert cfg.loss.class_weights == "auto" and cfg.optimizer.lr == 1e-3  # data=folder's recipe
     assert "is not a generated data set" in caplog.text
     assert caplog.text.count("model.encoder_weights=imagenet") == 1
     assert "delete" not in caplog.text.lower()

@@ -33,7 +33,8 @@ def fake_run(folder: Path, loss: str, seed: int, miou: float) -> None:
     (folder / ".hydra" / "hydra.yaml").write_text(yaml.safe_dump({"hydra": {"runtime": {"choices": choices}}}))
     metrics = {"val/miou": miou, "val/dice": miou + 0.1, "val/iou/speck": miou / 2, "test/miou": None}
     (folder / "metrics.json").write_text(json.dumps(metrics))
-    (folder / "run_info.json").write_text(json.dumps({"params": 14_300_000, "gflops": 2.5, "train_time_s": 60 * seed}))
+    info = {"params": 14_300_000, "gflops": 2.5, "train_images_per_s": 10.0 + seed, "train_time_s": 60 * seed}
+    (folder / "run_info.json").write_text(json.dumps(info))
 
 
 def test_runs_that_differ_in_seed_only_are_one_row_with_mean_and_std(tmp_path: Path):
@@ -50,7 +51,7 @@ def test_runs_that_differ_in_seed_only_are_one_row_with_mean_and_std(tmp_path: P
     columns = metric_columns(runs)
     assert columns == ["val/miou", "val/dice", "val/iou/speck"]
     markdown = to_markdown(rows, columns)
-    costs = "14.3 ± 0.0 | 2.5 ± 0.0 | 0.5 ± 0.7"  # params (M), GFLOPs, train (min) of seeds 0 and 1
+    costs = "14.3 ± 0.0 | 2.5 ± 0.0 | 10.5 ± 0.7 | 0.5 ± 0.7"  # params (M), GFLOPs, train img/s, train (min)
     assert f"| loss=ce | unet | ce | 0,1 | {costs} | 0.550 ± 0.071 | 0.650 ± 0.071 | 0.275 ± 0.035 |" in markdown
 
 

@@ -404,13 +404,19 @@ class EpochLog(L.Callback):
     Python logging, so the lines also land in the run's ``train.log`` (Hydra's file handler): the
     run folder alone, or a batch job's output, tells how training went, whatever the progress bar.
     The training loss is summed on the device and read once per epoch, so no step waits for it.
+
+    It also times the training batches alone (validation aside): ``images_per_s`` is the
+    run's training throughput on this rank, which report.py sets against mIoU.
     """
 
     def __init__(self):
         self._reset()
+        self.train_seconds = 0.0
+        self.train_images = 0
 
     def _reset(self) -> None:
-        self._started = time.perf_counter()
+        self._started = self._last_batch_end = time.perf_counter()
+        self._images = 0
         self._loss_sum: torch.Tensor | None = None
         self._batches = 0
         self._val: dict[str, float] = {}
@@ -419,6 +425,8 @@ class EpochLog(L.Callback):
         self._reset()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        self._last_batch_end = time.perf_counter()
+        self._images += len(batch["image"]) if isinstance(batch, dict) and "image" in batch else 0
         loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
         if isinstance(loss, torch.Tensor):
             loss = loss.detach() * trainer.accumulate_grad_batches  # Lightning hands over loss / accumulation
@@ -429,8 +437,15 @@ class EpochLog(L.Callback):
         self._val = validation_scores(trainer, EPOCH_VAL_METRICS) or self._val
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.train_seconds += self._last_batch_end - self._started
+        self.train_images += self._images
         if trainer.is_global_zero:
             log.info(self.line(trainer))
+
+    @property
+    def images_per_s(self) -> float | None:
+        """Training images per second of training batches (this rank), over the epochs so far."""
+        return self.train_images / self.train_seconds if self.train_seconds > 0 else None
 
     def line(self, trainer: L.Trainer) -> str:
         """The epoch's line; the validation's scores only when a validation ran in this epoch."""

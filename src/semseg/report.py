@@ -20,7 +20,12 @@ import yaml
 from semseg.errors import DataError
 
 # run_info.json keys shown after the seeds, with their column titles and scales.
-COSTS = {"params": ("params (M)", 1e-6), "gflops": ("GFLOPs", 1.0), "train_time_s": ("train (min)", 1 / 60)}
+COSTS = {
+    "params": ("params (M)", 1e-6),
+    "gflops": ("GFLOPs", 1.0),
+    "train_images_per_s": ("train img/s", 1.0),
+    "train_time_s": ("train (min)", 1 / 60),
+}
 HEADLINE = ("val/miou", "val/dice", "val/pixel_acc", "val/boundary_iou", "test/miou", "test/dice", "test/pixel_acc")
 
 

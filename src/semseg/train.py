@@ -26,7 +26,7 @@ from semseg.data import SegmentationDataModule
 from semseg.data.dataset import resolve_class_names
 from semseg.data.doctor import DataReport, check_data
 from semseg.data.sampling import EpochSeeding
-from semseg.data.synthetic import own_folder_or_synthetic
+from semseg.data.synthetic import own_folder_groups, own_folder_or_synthetic
 from semseg.distributed import in_multirun, ranks_run_this_job
 from semseg.files import write_json_atomic
 from semseg.loggers import build_logger, finish_logger, run_identity, wandb_run_id
@@ -150,7 +150,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
         ``test/*`` metrics; also written to ``<output_dir>/metrics.json``.
     """
     check_gpus_exist(cfg.trainer)  # before any output: asking for absent GPUs is a config error
-    data = own_folder_or_synthetic(OmegaConf.to_container(cfg.data, resolve=True), _command_line())
+    command_line = _command_line()
+    data = own_folder_or_synthetic(OmegaConf.to_container(cfg.data, resolve=True), command_line)
+    if cfg.data.get("synthetic") and not data.get("synthetic"):  # one's own folder, read as data=folder
+        for group, config in own_folder_groups(OmegaConf.to_container(cfg), command_line).items():
+            cfg[group] = OmegaConf.create(config)
     cfg.data = OmegaConf.create(data)
     _suggest_pretrained(cfg)
     output_dir = Path(cfg.output_dir)
@@ -230,7 +234,8 @@ def _fit_and_evaluate(
     # Not config choices: resuming replays the same epochs only if every epoch is seeded alike,
     # a failed rank 0 must not leave the other ranks waiting, and the run's record (an epoch's
     # line in train.log) must not depend on which callbacks a config picks.
-    callbacks += [EpochSeeding(datamodule.seed), StopRanksOnError(), EpochLog()]
+    epoch_log = EpochLog()
+    callbacks += [EpochSeeding(datamodule.seed), StopRanksOnError(), epoch_log]
     run_info = _model_cost(module, cfg.data, report)
     kwargs = trainer_kwargs(cfg.trainer, cfg.data)
     if kwargs.pop("enable_model_summary", True):  # Lightning's own would say "Total FLOPs: 0"
@@ -249,6 +254,8 @@ def _fit_and_evaluate(
     # weights_only: resuming never runs code from the checkpoint file.
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     run_info |= {"train_time_s": round(time.perf_counter() - started, 1), "epochs": trainer.current_epoch}
+    if epoch_log.images_per_s is not None:  # training batches only, per rank
+        run_info["train_images_per_s"] = round(epoch_log.images_per_s, 2)
 
     checkpoint = next((c for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint) and c.monitor), None)
     best = checkpoint.best_model_path if checkpoint and checkpoint.best_model_path else None

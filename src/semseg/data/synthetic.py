@@ -22,6 +22,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from omegaconf import OmegaConf
 
 from semseg.data.transforms import augment_preset
 from semseg.errors import DataError
@@ -120,8 +121,13 @@ def generate(root: str | os.PathLike, spec: SyntheticSpec = SyntheticSpec()) -> 
 Render = Callable[[np.random.Generator], tuple[np.ndarray, np.ndarray]]
 
 
-# The augment preset data=folder gets (conf/train.yaml's default; data=synthetic chooses rotations).
+# What data=folder gets that data=synthetic does not (tests/test_own_folder.py holds them equal to
+# the composed configs): the augment preset (conf/train.yaml's default; data=synthetic chooses
+# rotations), and the loss and optimizer that conf/data/folder.yaml chooses (data=synthetic keeps
+# CE + Dice and AdamW 3e-3).
 FOLDER_AUGMENT = "hflip"
+FOLDER_GROUPS = {"loss": "wce", "optimizer": "adamw_lr1e-3"}
+CONF_DIR = Path(__file__).resolve().parents[3] / "conf"
 
 
 def own_folder_or_synthetic(data: Mapping, overrides: Sequence[str] = ()) -> dict:
@@ -130,7 +136,7 @@ def own_folder_or_synthetic(data: Mapping, overrides: Sequence[str] = ()) -> dic
     the user's own data set, read exactly as ``data=folder`` would: nothing is generated, and the
     synthetic set's class names and augmentation (rotations, right for shapes, not for photographs)
     do not apply: ``class_0``.. and ``hflip`` unless ``overrides`` (the command line's) name them.
-    So ``data.root=/my/folder`` alone trains on one's own folder.
+    So ``data.root=/my/folder`` alone trains on one's own folder (its loss and optimizer: ``own_folder_groups``).
 
     Raises:
         DataError: ``data.root`` does not exist and ``data.num_classes`` is not the synthetic set's
@@ -157,6 +163,32 @@ def own_folder_or_synthetic(data: Mapping, overrides: Sequence[str] = ()) -> dic
             "(it must hold images/{train,val} and masks/{train,val})."
         )
     return data
+
+
+def own_folder_groups(cfg: Mapping, overrides: Sequence[str] = ()) -> dict:
+    """The ``loss`` and ``optimizer`` configs of a run that ``own_folder_or_synthetic`` turned from
+    the synthetic default to one's own folder: data=folder's (``FOLDER_GROUPS``), with the command
+    line's ``overrides`` of their keys (``loss.class_weights=null``) applied; a group chosen on the
+    command line (``loss=dice``) stays as composed.
+
+    Args:
+        cfg: the run's config (the ``loss`` and ``optimizer`` entries are read).
+        overrides: the command line's overrides.
+    """
+    chosen = {}
+    for group, option in FOLDER_GROUPS.items():
+        if any(o.lstrip("+~").startswith(f"{group}=") for o in overrides):
+            chosen[group] = dict(cfg[group])
+            continue
+        # A defaults list inside the option (adamw_lr1e-3 extends adamw) is resolved by hand here:
+        # Hydra composes whole configs only.
+        config = OmegaConf.load(CONF_DIR / group / f"{option}.yaml")
+        for parent in [d for d in config.pop("defaults", []) if isinstance(d, str) and d != "_self_"]:
+            config = OmegaConf.merge(OmegaConf.load(CONF_DIR / group / f"{parent}.yaml"), config)
+        keys = [o.lstrip("+") for o in overrides if o.lstrip("+").startswith(f"{group}.")]
+        config = OmegaConf.merge(config, OmegaConf.from_dotlist(keys).get(group, {}))
+        chosen[group] = OmegaConf.to_container(config)
+    return chosen
 
 
 def write_dataset(root: Path, splits: dict[str, int], render: Render, seed: int, manifest: str, spec: dict) -> Path:
