@@ -24,9 +24,15 @@ def load_split(root: str, split: str, size: tuple[int, int]):
     import numpy as np
     import torch
 
+    images_dir = Path(root, "images", split)
+    if not images_dir.is_dir():
+        raise SystemExit(f"{images_dir} does not exist: --root must hold images/{{train,val}} and masks/{{train,val}}")
     images, masks = [], []
-    for image_path in sorted(Path(root, "images", split).iterdir()):
-        mask_path = next(Path(root, "masks", split).glob(image_path.stem + ".*"))
+    for image_path in sorted(images_dir.iterdir()):
+        mask_path = next(Path(root, "masks", split).glob(image_path.stem + ".*"), None)
+        if mask_path is None:
+            masks_dir = Path(root, "masks", split)
+            raise SystemExit(f"{image_path} has no mask in {masks_dir}: add {image_path.stem}.png there")
         image = cv2.cvtColor(cv2.imread(str(image_path)), cv2.COLOR_BGR2RGB)
         mask = cv2.imread(str(mask_path), cv2.IMREAD_UNCHANGED)
         images.append(cv2.resize(image, size[::-1], interpolation=cv2.INTER_LINEAR))

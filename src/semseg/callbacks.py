@@ -405,8 +405,9 @@ class EpochLog(L.Callback):
     run folder alone, or a batch job's output, tells how training went, whatever the progress bar.
     The training loss is summed on the device and read once per epoch, so no step waits for it.
 
-    It also times the training batches alone (validation aside): ``images_per_s`` is the
-    run's training throughput on this rank, which report.py sets against mIoU.
+    It also times the training batches alone (validation at the end of an epoch aside):
+    ``images_per_s`` is the run's training throughput, all ranks together (this rank's images
+    times the world size), which report.py sets against mIoU.
     """
 
     def __init__(self):
@@ -438,13 +439,13 @@ class EpochLog(L.Callback):
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.train_seconds += self._last_batch_end - self._started
-        self.train_images += self._images
+        self.train_images += self._images * trainer.world_size  # DDP ranks train batches of one size
         if trainer.is_global_zero:
             log.info(self.line(trainer))
 
     @property
     def images_per_s(self) -> float | None:
-        """Training images per second of training batches (this rank), over the epochs so far."""
+        """Training images per second of training batches (all ranks), over the epochs so far."""
         return self.train_images / self.train_seconds if self.train_seconds > 0 else None
 
     def line(self, trainer: L.Trainer) -> str:

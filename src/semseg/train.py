@@ -254,7 +254,7 @@ def _fit_and_evaluate(
     # weights_only: resuming never runs code from the checkpoint file.
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     run_info |= {"train_time_s": round(time.perf_counter() - started, 1), "epochs": trainer.current_epoch}
-    if epoch_log.images_per_s is not None:  # training batches only, per rank
+    if epoch_log.images_per_s is not None:  # training batches only, all ranks
         run_info["train_images_per_s"] = round(epoch_log.images_per_s, 2)
 
     checkpoint = next((c for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint) and c.monitor), None)

@@ -24,7 +24,7 @@ import cv2
 import numpy as np
 from omegaconf import OmegaConf
 
-from semseg.data.transforms import augment_preset
+from semseg.data.transforms import CONF_DIR, augment_preset
 from semseg.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -127,7 +127,6 @@ Render = Callable[[np.random.Generator], tuple[np.ndarray, np.ndarray]]
 # CE + Dice and AdamW 3e-3).
 FOLDER_AUGMENT = "hflip"
 FOLDER_GROUPS = {"loss": "wce", "optimizer": "adamw_lr1e-3"}
-CONF_DIR = Path(__file__).resolve().parents[3] / "conf"
 
 
 def own_folder_or_synthetic(data: Mapping, overrides: Sequence[str] = ()) -> dict:

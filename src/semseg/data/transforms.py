@@ -24,7 +24,9 @@ from semseg.errors import DataError
 log = logging.getLogger(__name__)
 
 # The augment group's presets (none, hflip, rotations, street, elastic), also named by data.augment.
-AUGMENT_PRESETS = Path(__file__).resolve().parents[3] / "conf" / "augment"
+# The checkout's config folder: presets that code (not only Hydra) reads by name.
+CONF_DIR = Path(__file__).resolve().parents[3] / "conf"
+AUGMENT_PRESETS = CONF_DIR / "augment"
 
 # The D4 elements that keep an image's height and width: identity, half turn, the two flips.
 _SHAPE_KEEPING_D4 = ("e", "r180", "v", "h")
