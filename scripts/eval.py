@@ -11,7 +11,9 @@ from semseg.cli import exit_on_user_error
 @hydra.main(version_base="1.3", config_path="../conf", config_name="eval")
 @exit_on_user_error
 def main(cfg: DictConfig) -> None:
-    from semseg.evaluate import evaluate  # torch and Lightning load after the command line is read: --help is quick
+    from semseg.inference.evaluate import (
+        evaluate,  # torch and Lightning load after the command line is read: --help is quick
+    )
 
     evaluate(cfg, HydraConfig.get().overrides.task)
 

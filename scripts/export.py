@@ -10,7 +10,7 @@ from semseg.cli import exit_on_user_error
 @hydra.main(version_base="1.3", config_path="../conf", config_name="export")
 @exit_on_user_error
 def main(cfg: DictConfig) -> None:
-    from semseg.export import export  # torch loads after the command line is read: --help is quick
+    from semseg.inference.export import export  # torch loads after the command line is read: --help is quick
 
     export(cfg)
 

@@ -18,12 +18,12 @@ from semseg.cli import exit_on_user_error
 def main(cfg: DictConfig) -> None:
     # Imported here, after the command line is read: semseg.data loads torch and Lightning, which
     # --help need not wait for.
-    from semseg.data.doctor import inspect_data_config
+    from semseg.data.inspection import inspect_data
     from semseg.files import write_json_atomic
 
     if OmegaConf.is_missing(cfg.data, "num_classes"):
         sys.exit(_describe_without_classes(cfg.data.root))
-    report = inspect_data_config(OmegaConf.to_container(cfg.data, resolve=True), full=cfg.full)
+    report = inspect_data(OmegaConf.to_container(cfg.data, resolve=True), full=cfg.full)
     print(report.summary())
     write_json_atomic(Path(cfg.report), report.to_json())
     print(f"report: {cfg.report}")
@@ -32,7 +32,7 @@ def main(cfg: DictConfig) -> None:
 
 
 def _describe_without_classes(root: str) -> str:
-    from semseg.data.doctor import describe_values, stored_mask_values
+    from semseg.data.inspection import describe_values, stored_mask_values
 
     values = stored_mask_values(root)
     if not values:

@@ -10,9 +10,11 @@ import argparse
 from pathlib import Path
 
 from semseg.cli import exit_on_user_error
-from semseg.report import find_runs, leaderboard, metric_columns, to_markdown, write_csv
+from semseg.reporting.leaderboard import write_leaderboard  # light: it loads matplotlib and torch when it draws
 
 
+# argparse, not @hydra.main: it reads finished run folders (each with its own saved config) rather
+# than composing a config of its own.
 @exit_on_user_error
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -22,22 +24,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=4, help="validation images in predictions.png (default 4)")
     parser.add_argument("--no-pictures", action="store_true", help="skip predictions.png (loads every checkpoint)")
     args = parser.parse_args()
-    # After parsing: matplotlib, torch and Lightning take seconds to load, which --help need not wait for.
-    from semseg.report_figures import bar_chart, prediction_grid
-
-    runs = find_runs(args.folder)
-    rows = leaderboard(runs, args.sort)
-    columns = metric_columns(runs)
-    output = args.output or args.folder
-    output.mkdir(parents=True, exist_ok=True)
-    markdown = to_markdown(rows, columns)
-    (output / "leaderboard.md").write_text(markdown)
-    write_csv(output / "leaderboard.csv", rows, columns)
-    bar_chart(rows, output / "leaderboard.png")
-    notes = [] if args.no_pictures else prediction_grid(runs, output / "predictions.png", args.images)
-    print(markdown)
-    print("\n".join(notes))
-    print(f"{len(runs)} runs in {len(rows)} rows; wrote leaderboard.md, .csv, .png and predictions.png to {output}")
+    print(write_leaderboard(args.folder, args.sort, args.output, args.images, pictures=not args.no_pictures))
 
 
 if __name__ == "__main__":

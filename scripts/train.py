@@ -11,7 +11,7 @@ from semseg.cli import run_job
 def main(cfg: DictConfig) -> float | None:
     # Imported here, after Hydra read the command line: torch and Lightning take seconds to load,
     # which `--help` or a config error need not wait for (tests/test_console.py).
-    from semseg.train import train
+    from semseg.training.train import train
 
     metrics = train(cfg)
     return metrics.get("val/miou")  # what a Hydra sweeper optimises

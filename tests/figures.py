@@ -5,7 +5,7 @@ from __future__ import annotations
 from matplotlib.figure import Figure
 from matplotlib.text import Text
 
-from semseg.run_pictures import MIN_FONT_PT
+from semseg.reporting.run_pictures import MIN_FONT_PT
 
 
 def texts(fig: Figure) -> list[Text]:

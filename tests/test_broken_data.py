@@ -18,7 +18,7 @@ from semseg.data import SegmentationDataModule
 from semseg.data.dataset import read_mask
 from semseg.data.synthetic import SyntheticSpec, generate
 from semseg.errors import DataError
-from semseg.train import train
+from semseg.training.train import train
 from tests.test_train import run_train_cli
 
 # A small good data set to break: 4 train and 2 val pairs of 32x32 RGB images with 5 classes
@@ -208,7 +208,7 @@ def check_only(cfg, monkeypatch: pytest.MonkeyPatch) -> None:
     def stop(*args, **kwargs):
         raise Checked
 
-    monkeypatch.setattr("semseg.train.build_module", stop)
+    monkeypatch.setattr("semseg.builders.build_module", stop)
     with pytest.raises(Checked):
         train(cfg)
 
@@ -224,7 +224,7 @@ def test_rgba_images_are_read_without_their_alpha_and_said_so(make_cfg, tmp_path
     # Refusing would make every exported-with-alpha PNG set unusable; dropping alpha keeps the
     # stored colours exactly, and the start-up warning says it happened.
     image = make_broken(tmp_path / "data", "rgba_image")
-    with caplog.at_level(logging.WARNING, logger="semseg.data.doctor"):
+    with caplog.at_level(logging.WARNING, logger="semseg.data.inspection"):
         check_only(make_cfg(*FOLDER, root=tmp_path / "data"), monkeypatch)
     expected = f"data: 1 RGBA images lose their alpha channel (data.in_channels=3), e.g. {image}"
     assert expected in caplog.messages, caplog.messages
@@ -236,7 +236,7 @@ def test_under_ddp_only_rank_0_says_the_findings(make_cfg, tmp_path, caplog, mon
     # Every rank checks the data (a rank must not train on what rank 0 refused), but the warning
     # is said once, not once per process.
     make_broken(tmp_path / "data", "rgba_image")
-    monkeypatch.setattr("semseg.train.rank_zero_only.rank", 1)
+    monkeypatch.setattr("semseg.training.train.rank_zero_only.rank", 1)
     with caplog.at_level(logging.INFO, logger="semseg"):
         check_only(make_cfg(*FOLDER, root=tmp_path / "data"), monkeypatch)
     assert not [m for m in caplog.messages if m.startswith("data:")], caplog.messages
@@ -248,7 +248,7 @@ def test_16_bit_masks_of_class_indices_are_read_as_stored(make_cfg, tmp_path, ca
     # broken form, values beyond any class, is mask_16bit_beyond_classes in CASES.
     mask = make_broken(tmp_path / "data", "mask_16bit")
     assert read_mask(mask).dtype == np.uint16
-    with caplog.at_level(logging.WARNING, logger="semseg.data.doctor"):
+    with caplog.at_level(logging.WARNING, logger="semseg.data.inspection"):
         check_only(make_cfg(*FOLDER, root=tmp_path / "data"), monkeypatch)
     assert not [m for m in caplog.messages if "16-bit" in m]
     assert np.array_equal(first_train_sample(tmp_path / "data")["mask"].numpy(), read_mask(mask))

@@ -11,11 +11,13 @@ import torch
 from lightning.pytorch.plugins.precision import Precision
 from lightning.pytorch.trainer.states import TrainerFn
 
-from semseg import run_pictures
-from semseg.callbacks import Shown, ValidationPictures, per_image_miou
+from semseg.callbacks import ValidationPictures
+from semseg.callbacks.pictures import Shown
 from semseg.data.batch import BatchPreparer
-from semseg.inference import InferenceSettings
-from semseg.visualize import class_palette
+from semseg.data.palette import class_palette
+from semseg.inference.tiling import InferenceSettings
+from semseg.reporting import run_pictures
+from semseg.task.metrics import per_image_miou
 from tests.figures import assert_readable
 
 

@@ -14,7 +14,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import open_dict
 
-from semseg.train import train
+from semseg.training.train import train
 from tests.conftest import CHEAP, CONF_DIR, compose_cfg
 
 CAMVID_CLASSES = ["sky", "building", "pole", "road", "pavement", "tree", "signsymbol", "fence", "car", "pedestrian",

@@ -12,10 +12,10 @@ import pytest
 import torch
 
 import semseg.data.mask_stats as mask_stats
-from semseg.class_weights import ClassCounts, resolve_class_weights, weights_from_counts
-from semseg.data.doctor import inspect_dataset
+from semseg.data.class_weights import ClassCounts, resolve_class_weights, weights_from_counts
+from semseg.data.inspection import inspect_folder
 from semseg.errors import ConfigError
-from semseg.train import train
+from semseg.training.train import train
 
 NAMES = ["background", "cell", "speck"]
 
@@ -91,17 +91,17 @@ def test_the_counting_pass_is_cached_and_reads_again_only_changed_masks(tiny_roo
     original = mask_stats.summarize_mask
     monkeypatch.setattr(mask_stats, "summarize_mask", lambda path: reads.append(path) or original(path))
     args = (root, 5, None, None, None, 3)
-    first = inspect_dataset(*args)
+    first = inspect_folder(*args)
     assert len(reads) == 12  # 8 train + 4 val masks, each read once
     reads.clear()
-    second = inspect_dataset(*args)
+    second = inspect_folder(*args)
     assert reads == [] and second.train_counts.pixels.tolist() == first.train_counts.pixels.tolist()
 
     changed = root / "masks" / "train" / "train_00000.png"
     mask = cv2.imread(str(changed), cv2.IMREAD_UNCHANGED)
     mask[:] = 4  # every pixel a speck now
     cv2.imwrite(str(changed), mask)
-    third = inspect_dataset(*args)
+    third = inspect_folder(*args)
     assert reads == [changed]
     expected = np.zeros(5, np.int64)
     for path in sorted((root / "masks" / "train").iterdir()):

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
+from omegaconf import OmegaConf
 
-from semseg.loggers import run_identity
+from semseg.errors import ConfigError
+from semseg.task.schedulers import build_scheduler
+from semseg.training.loggers import run_identity
 from tests.conftest import CONF_DIR, compose_cfg
 
 
@@ -43,6 +47,20 @@ def test_every_option_composes(group: str):
     for option in options(group):
         cfg = compose_cfg([f"{group}={option}"])
         assert cfg is not None
+
+
+@pytest.mark.parametrize("option", options("scheduler"))
+def test_scheduler_presets_are_the_only_source_of_their_settings(option):
+    """Each preset builds, and without any one of its keys the error names it (no fallback in code)."""
+    scheduler = OmegaConf.to_container(compose_cfg([f"scheduler={option}"]).scheduler)
+
+    def build(cfg: dict) -> None:
+        build_scheduler(torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0), cfg, total_steps=100)
+
+    build(scheduler)
+    for key in scheduler:
+        with pytest.raises(ConfigError, match=f"scheduler.{key} is missing"):
+            build({k: v for k, v in scheduler.items() if k != key})
 
 
 def test_isbi_preset_maps_membrane_to_the_positive_class():

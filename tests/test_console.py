@@ -15,8 +15,9 @@ import torch
 from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
 from lightning.pytorch.trainer.states import TrainerFn
 
-from semseg.callbacks import EPOCH_VAL_METRICS, LossProgressBar
-from semseg.console import training_summary
+from semseg.callbacks import LossProgressBar
+from semseg.callbacks.progress import EPOCH_VAL_METRICS
+from semseg.reporting.console import training_summary
 from tests.conftest import console_output
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import itertools
 import logging
+from dataclasses import asdict
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from semseg.data import SegmentationDataModule
 from semseg.data.batch import MASK_PAD_CODE, BatchPreparer
 from semseg.data.dataset import list_pairs
 from semseg.data.samples import FileSamples
-from semseg.data.synthetic import SyntheticSpec, generate
+from semseg.data.synthetic import CLASS_NAMES, SyntheticSpec, generate
 from semseg.data.transforms import augment_preset, build_transforms
 from semseg.errors import DataError
 from tests.conftest import CONF_DIR
@@ -261,6 +263,13 @@ def test_synthetic_data_is_deterministic_with_a_rare_class(tmp_path: Path):
     assert share[0] > 0.6
     with pytest.raises(DataError, match=r"not the generated data set for .*another spec"):
         generate(a, SyntheticSpec(6, 2, 0, image_size=48, seed=5))
+
+
+def test_the_synthetic_config_is_the_generators_one_source():
+    """conf/data/synthetic.yaml gives every SyntheticSpec field (none has a default) and the classes."""
+    data = OmegaConf.load(CONF_DIR / "data" / "synthetic.yaml")
+    assert asdict(SyntheticSpec(**data.synthetic)) == data.synthetic
+    assert list(CLASS_NAMES) == list(data.class_names) and len(CLASS_NAMES) == data.num_classes
 
 
 ISBI_ROOT = Path(__file__).resolve().parents[2] / "shared" / "data" / "isbi2012_membrane"

@@ -15,8 +15,8 @@ import pytest
 from omegaconf import open_dict
 
 from semseg.errors import ConfigError, DataError
-from semseg.evaluate import evaluate
-from semseg.predict import predict
+from semseg.inference.evaluate import evaluate
+from semseg.inference.predict import predict
 from tests.conftest import compose_named
 
 

@@ -13,7 +13,7 @@ import cv2
 import pytest
 import yaml
 
-from semseg.report import find_runs, leaderboard
+from semseg.reporting.leaderboard import find_runs, leaderboard
 from tests import wandb_records
 from tests.conftest import CHEAP
 

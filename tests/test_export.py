@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from semseg.checkpoint import load_module
 from semseg.errors import ConfigError
-from semseg.export import PixelsToLogits, export
+from semseg.inference.checkpoint import load_module
+from semseg.inference.export import PixelsToLogits, export
 from tests.conftest import compose_named
 
 CLASSES = ["background", "disk", "square", "triangle", "speck"]

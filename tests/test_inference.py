@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
+
 import pytest
 import torch
+from omegaconf import OmegaConf
 from torch import nn
 
 from semseg.errors import ConfigError
-from semseg.inference import InferenceSettings, blend_weights, predict_logits, tile_starts
+from semseg.inference.tiling import InferenceSettings, blend_weights, predict_logits, tile_starts
+from tests.conftest import CONF_DIR, compose_cfg
 
 
 class Pointwise(nn.Module):
@@ -108,3 +112,22 @@ def test_tta_composes_with_tiling():
 def test_bad_settings_name_the_key(key, value):
     with pytest.raises(ConfigError, match=f"inference.{key}"):
         InferenceSettings.from_config({key: value})
+
+
+def test_whole_yaml_lists_the_settings_defaults():
+    """conf/inference/whole.yaml (what users read) and the dataclass (what code falls back on) agree."""
+    listed = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "inference" / "whole.yaml"))
+    as_settings = {key: tuple(value) if isinstance(value, list) else value for key, value in listed.items()}
+    assert as_settings == asdict(InferenceSettings())
+    assert InferenceSettings.from_config(listed) == InferenceSettings()
+
+
+@pytest.mark.parametrize("option", sorted({p.stem for p in (CONF_DIR / "inference").glob("*.yaml")} - {"whole"}))
+def test_inference_options_extend_whole(option):
+    """Every other option states only what it changes; whole.yaml gives the rest."""
+    own = OmegaConf.load(CONF_DIR / "inference" / f"{option}.yaml")
+    assert list(own.pop("defaults")) == ["whole", "_self_"]
+    composed = OmegaConf.to_container(compose_cfg([f"inference={option}"]).inference)
+    whole = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "inference" / "whole.yaml"))
+    assert composed == whole | OmegaConf.to_container(own)
+    assert all(whole[key] != value for key, value in own.items())

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from semseg.errors import ConfigError
-from semseg.losses import TERMS, build_loss
+from semseg.task.losses import TERMS, build_loss
 from tests.conftest import CONF_DIR, compose_cfg
 
 CONFIGS = sorted(path.stem for path in (CONF_DIR / "loss").glob("*.yaml"))

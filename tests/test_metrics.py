@@ -10,7 +10,15 @@ import pytest
 import torch
 from sklearn.metrics import confusion_matrix
 
-from semseg.metrics import BoundaryIoU, confusion_matrix_metric, scores_from_confusion
+from semseg.inference.evaluate import per_class_rows
+from semseg.task.metrics import (
+    BoundaryIoU,
+    confusion_matrix_metric,
+    per_class_scores,
+    per_image_confusion,
+    per_image_miou,
+    scores_from_confusion,
+)
 
 
 def reference_scores(preds: np.ndarray, target: np.ndarray, num_classes: int, ignore_index: int | None) -> dict:
@@ -90,6 +98,37 @@ def test_pixel_accuracy_hides_a_missed_small_class():
     assert scores["pixel_acc"] == pytest.approx(0.99)
     assert scores["iou/c1"] == 0.0
     assert scores["miou"] == pytest.approx(0.99 / 2)
+
+
+def test_per_image_confusion_and_scores_are_those_of_each_image_alone():
+    rng = np.random.default_rng(0)
+    target = rng.integers(0, 4, (3, 8, 8))
+    preds = np.where(rng.random(target.shape) < 0.6, target, rng.integers(0, 4, target.shape))
+    target[rng.random(target.shape) < 0.2] = 255
+    target[2][target[2] == 3], preds[2][preds[2] == 3] = 0, 0  # class 3 absent from image 2
+    confusion = per_image_confusion(torch.as_tensor(preds), torch.as_tensor(target), 4, 255)
+    batched = per_class_scores(confusion)
+    for i in range(3):
+        keep = target[i] != 255
+        alone = confusion_matrix(target[i][keep], preds[i][keep], labels=range(4))
+        assert confusion[i].tolist() == alone.tolist()
+        for name, scores in per_class_scores(torch.as_tensor(alone)).items():
+            assert torch.equal(batched[name][i].isnan(), scores.isnan()), name
+            assert torch.equal(batched[name][i].nan_to_num(), scores.nan_to_num()), name
+    assert math.isnan(batched["iou"][2, 3])  # absent from both: out of the image's mean
+    miou = per_image_miou(torch.as_tensor(preds), torch.as_tensor(target), 4, 255)
+    assert miou.tolist() == pytest.approx(batched["iou"].nanmean(dim=1).tolist())
+
+
+def test_the_logged_scores_and_evals_per_class_table_are_the_same_numbers():
+    confusion = torch.tensor([[5, 1, 0], [2, 3, 0], [0, 0, 0]])  # class 2 neither in target nor predicted
+    scores = scores_from_confusion(confusion, ["a", "b", "c"])
+    rows = per_class_rows(confusion, ["a", "b", "c"])
+    for row in rows[:2]:
+        assert row["iou"] == scores[f"iou/{row['class']}"] and row["dice"] == scores[f"dice/{row['class']}"]
+    assert rows[0]["precision"] == 5 / 7 and rows[0]["recall"] == 5 / 6
+    assert all(math.isnan(rows[2][key]) for key in ("iou", "dice", "precision", "recall"))
+    assert (rows[2]["target_pixels"], rows[2]["predicted_pixels"]) == (0, 0)
 
 
 def reference_boundary_counts(preds, target, num_classes, ignore_index, width):

@@ -1,20 +1,14 @@
-"""scripts/model_table.py: one row per requested model config, with consistent numbers."""
+"""scripts/model_table.py (semseg.bench.architectures): one row per requested model config, with consistent numbers."""
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
 from pathlib import Path
 
+from semseg.bench.architectures import measure
+
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "model_table.py"
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("model_table", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_table_has_a_row_per_requested_model(tmp_path: Path):
@@ -27,9 +21,8 @@ def test_table_has_a_row_per_requested_model(tmp_path: Path):
 
 
 def test_measurements_follow_the_architectures():
-    table = load_script()
-    params32, flops32, latency = table.measure(["model=fcn", "model.variant=32s"], 64, 21, repeats=1)
-    params8, flops8, _ = table.measure(["model=fcn", "model.variant=8s"], 64, 21, repeats=1)
+    params32, flops32, latency = measure(["model=fcn", "model.variant=32s"], 64, 21, repeats=1)
+    params8, flops8, _ = measure(["model=fcn", "model.variant=8s"], 64, 21, repeats=1)
     assert latency > 0
     # FCN-8s adds 1x1 score layers and 2x upsamplings on the stride-16 and stride-8 features.
     assert params8 > params32 and flops8 > flops32

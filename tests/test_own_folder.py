@@ -12,7 +12,7 @@ from omegaconf import OmegaConf, open_dict
 
 from semseg.data.synthetic import MANIFEST, own_folder_groups, own_folder_or_synthetic
 from semseg.errors import DataError
-from semseg.train import train
+from semseg.training.train import train
 from tests.conftest import CHEAP, compose_cfg
 
 

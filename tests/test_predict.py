@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from semseg.checkpoint import load_module
 from semseg.errors import ConfigError, DataError
-from semseg.inference import InferenceSettings
-from semseg.predict import predict, predict_mask
+from semseg.inference.checkpoint import load_module
+from semseg.inference.predict import predict, predict_mask
+from semseg.inference.tiling import InferenceSettings
 from tests.conftest import compose_named
 
 
@@ -89,7 +89,7 @@ def test_an_unreadable_image_is_reported_and_the_others_predicted(trained_run, o
     with pytest.raises(DataError, match=r"broken.png: cannot read this image"):
         predict(predict_cfg(trained_run, odd_images, out))
     assert sorted(p.name for p in (out / "masks").iterdir()) == ["small.png", "wide.png"]
-    assert json.loads((out / "failed.json").read_text())["failed"][0]["file"].endswith("broken.png")
+    assert json.loads((out / "failed_images.json").read_text())["failed"][0]["file"].endswith("broken.png")
 
 
 def test_a_single_file_and_bad_inputs(trained_run, odd_images, tmp_path):

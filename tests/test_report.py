@@ -8,6 +8,7 @@ import json
 import statistics
 import subprocess
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -16,9 +17,10 @@ import yaml
 from omegaconf import OmegaConf
 
 from semseg.errors import DataError
-from semseg.report import find_runs, leaderboard, metric_columns, to_markdown
-from semseg.report_figures import bar_chart_figure, prediction_grid_figure
-from semseg.visualize import checkpoint_epoch
+from semseg.reporting import leaderboard as leaderboard_module
+from semseg.reporting.figures import bar_chart_figure, prediction_grid_figure
+from semseg.reporting.leaderboard import find_runs, leaderboard, metric_columns, to_markdown, write_leaderboard
+from semseg.run_folder import checkpoint_epoch
 from tests.conftest import compose_cfg
 from tests.figures import assert_readable, legend_labels
 
@@ -66,6 +68,27 @@ def test_the_script_writes_markdown_and_csv(tmp_path: Path):
     with open(tmp_path / "runs" / "leaderboard.csv") as f:
         table = list(csv.DictReader(f))
     assert [r["run"] for r in table] == ["loss=ce", "loss=dice"] and table[1]["val/miou mean"] == "0.4"
+
+
+def test_write_leaderboard_writes_its_tables_atomically_and_returns_what_to_print(tmp_path: Path, monkeypatch):
+    fake_run(tmp_path / "runs" / "0", "ce", 0, 0.5)
+    fake_run(tmp_path / "runs" / "1", "dice", 0, 0.4)
+    staged = []
+    atomic_path = leaderboard_module.atomic_path
+
+    @contextmanager
+    def recording_atomic_path(path: Path):
+        with atomic_path(path) as tmp:
+            staged.append(path.name)
+            yield tmp
+
+    monkeypatch.setattr(leaderboard_module, "atomic_path", recording_atomic_path)
+    out = tmp_path / "out"
+    printed = write_leaderboard(tmp_path / "runs", output=out, pictures=False)
+    assert staged == ["leaderboard.md", "leaderboard.csv"]  # a reader never sees half a table
+    assert sorted(p.name for p in out.iterdir()) == ["leaderboard.csv", "leaderboard.md", "leaderboard.png"]
+    assert printed.startswith((out / "leaderboard.md").read_text())
+    assert printed.endswith(f"2 runs in 2 rows; wrote leaderboard.md, .csv, .png and predictions.png to {out}")
 
 
 def test_a_folder_without_runs_is_a_clear_error(tmp_path: Path):

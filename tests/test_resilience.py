@@ -12,7 +12,8 @@ from pathlib import Path
 
 import torch
 
-from semseg.train import resume_checkpoint, train
+from semseg.training.checkpoints import resume_checkpoint
+from semseg.training.train import train
 from tests.conftest import CHEAP
 
 ROOT = Path(__file__).resolve().parents[1]

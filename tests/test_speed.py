@@ -18,11 +18,11 @@ import pytest
 import torch
 from omegaconf import open_dict
 
-from semseg.bench.models import bench_model
+from semseg.bench.architectures import bench_model
 from semseg.bench.run import check_parts
 from semseg.bench.scan import scan_seconds
 from semseg.errors import ConfigError
-from semseg.train import train
+from semseg.training.train import train
 from tests.conftest import TINY_ENCODER, compose_named
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -16,10 +16,11 @@ import pytest
 import torch
 from omegaconf import open_dict
 
+from semseg.builders import build_module
 from semseg.errors import ConfigError, TrainingDiverged
 from semseg.models import count_gflops
-from semseg.module import SegmentationModule
-from semseg.train import build_module, train
+from semseg.task.module import SegmentationModule
+from semseg.training.train import train
 from tests import wandb_records
 from tests.conftest import CONF_DIR
 

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from semseg.errors import ConfigError
-from semseg.train import train
 from semseg.trainer_defaults import trainer_kwargs
+from semseg.training.train import train
 from tests.conftest import compose_cfg
 
 

@@ -12,16 +12,10 @@ import numpy as np
 import pytest
 import torch
 
-from semseg.run_pictures import Classes, confusion_matrix, overlay_grid, per_class_iou, training_curves
-from semseg.visualize import (
-    IGNORE_COLOUR,
-    checkpoint_epoch,
-    class_palette,
-    colorize,
-    pascal_voc_palette,
-    picture_title,
-    to_display,
-)
+from semseg.data.palette import IGNORE_COLOUR, class_palette, colorize, pascal_voc_palette, to_display
+from semseg.reporting.captions import example_names, picture_title
+from semseg.reporting.run_pictures import Classes, confusion_matrix, overlay_grid, per_class_iou, training_curves
+from semseg.run_folder import checkpoint_epoch
 from tests.figures import assert_readable, legend_labels
 
 NAMES = ["background", "disk", "square", "triangle", "speck"]
@@ -63,6 +57,14 @@ def test_a_picture_title_says_split_epoch_and_checkpoint():
     assert picture_title("val", 12, "best.ckpt") == "val, epoch 12, best.ckpt"
     assert picture_title("val", 30, last=True) == "val, epoch 30 (last)"
     assert picture_title("val", None, "best.ckpt") == "val, best.ckpt"
+
+
+def test_the_example_images_are_a_seeded_choice_whatever_order_the_names_come_in():
+    names = [f"img{i:02d}" for i in range(20)]
+    chosen = example_names(reversed(names), 5, seed=3)
+    assert chosen == example_names(names, 5, seed=3) == sorted(set(chosen)) and len(chosen) == 5
+    assert example_names(names, 5, seed=4) != chosen
+    assert example_names(names, 50, seed=3) == names  # all of them when there are fewer
 
 
 def test_checkpoint_epoch_reads_the_epoch_and_none_when_unreadable(tmp_path):

@@ -8,16 +8,15 @@ import logging
 import sys
 import traceback
 from collections.abc import Callable
-from pathlib import Path
 from typing import TypeVar
 
 from hydra.core.hydra_config import HydraConfig
 
-from semseg.console import quiet_upstream_noise
-from semseg.distributed import in_multirun
 from semseg.errors import SemsegError
 from semseg.files import write_json_atomic
-from semseg.hydra_callbacks import FAILED_FILE
+from semseg.reporting.console import quiet_upstream_noise
+from semseg.run_folder import RunFolder
+from semseg.training.distributed import in_multirun
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +66,7 @@ def run_job(main: Callable[..., float | None]) -> Callable[..., float | None]:
             message = user_message(error) if isinstance(error, SemsegError) else f"{type(error).__name__}: {error}"
             log.error(f"job {hydra.job.num} failed: {message}\n{traceback.format_exc()}")
             report = {"error": message, "overrides": list(hydra.overrides.task), "traceback": traceback.format_exc()}
-            write_json_atomic(Path(hydra.runtime.output_dir) / FAILED_FILE, report)
+            write_json_atomic(RunFolder(hydra.runtime.output_dir).failed_job, report)
             return None
 
     return wrapper

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import uuid
 from collections.abc import Iterator
@@ -37,6 +38,11 @@ def write_json_atomic(path: Path, payload: dict) -> None:
     """Writes JSON atomically (see ``atomic_path``)."""
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(payload, indent=2, sort_keys=True, allow_nan=False))
+
+
+def json_safe(metrics: dict[str, float | str]) -> dict[str, float | str | None]:
+    """``metrics`` with NaN as None: JSON has no NaN (``write_json_atomic`` refuses it)."""
+    return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in metrics.items()}
 
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:

@@ -11,9 +11,8 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from semseg.run_folder import FAILED_JOB_FILE
 from semseg.secrets import find_secrets, secrets_message
-
-FAILED_FILE = "failed.json"  # written into a job's folder when the job fails in a multirun
 
 
 class RefuseSecrets(Callback):
@@ -47,7 +46,7 @@ class ReportFailedJobs(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep = Path(config.hydra.sweep.dir)
         jobs = [p.parent for p in sweep.rglob(".hydra") if p.is_dir()]
-        failed = sorted(sweep.rglob(FAILED_FILE))
+        failed = sorted(sweep.rglob(FAILED_JOB_FILE))
         if not failed:
             return
         lines = [f"{len(failed)} of {len(jobs)} jobs failed:"]

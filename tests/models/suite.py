@@ -61,9 +61,9 @@ class ModelSuite:
 
     def test_local_encoder_weights_file_loads_into_this_architecture(self, tmp_path: Path):
         source = self.build()
-        torch.save(source.net.encoder.state_dict(), tmp_path / "encoder.pth")
+        torch.save(source.architecture.encoder.state_dict(), tmp_path / "encoder.pth")
         loaded = self.build(in_channels=4, encoder_weights=str(tmp_path / "encoder.pth"))
-        before, after = source.net.encoder.state_dict(), loaded.net.encoder.state_dict()
+        before, after = source.architecture.encoder.state_dict(), loaded.architecture.encoder.state_dict()
         adapted = [key for key in before if before[key].shape != after[key].shape]
         assert len(adapted) == 1  # the first convolution, adapted to 4 input channels
         assert all(torch.equal(before[key], after[key]) for key in before if key not in adapted)

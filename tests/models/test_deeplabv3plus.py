@@ -22,8 +22,8 @@ def test_default_atrous_rates_follow_the_output_stride(stride, rates):
     cfg = {"arch": "deeplabv3plus", "encoder_name": "resnet18", "output_stride": stride}
     assert architecture_kwargs(cfg)["decoder_atrous_rates"] == rates
     net = build_model(cfg, 3, 2)
-    assert net.stride == stride == net.net.encoder.output_stride
-    aspp = net.net.decoder.aspp[0]
+    assert net.stride == stride == net.architecture.encoder.output_stride
+    aspp = net.architecture.decoder.aspp[0]
     dilations = [branch[0][0].dilation[0] for branch in list(aspp.convs)[1:4]]
     assert dilations == list(rates)
 

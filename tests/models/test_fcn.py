@@ -29,7 +29,7 @@ class TestFCN8s(ModelSuite):
 
 
 def fcn(variant: str, classes: int = 3):
-    return build_model({"arch": "fcn", "variant": variant, "encoder_name": "resnet18"}, 3, classes).net
+    return build_model({"arch": "fcn", "variant": variant, "encoder_name": "resnet18"}, 3, classes).architecture
 
 
 @pytest.mark.parametrize(("variant", "stride"), [("32s", 32), ("16s", 16), ("8s", 8)])

@@ -112,14 +112,15 @@ class GpuPoolLauncher(Launcher):
 
     def _result(self, job_dir: Path, overrides: list[str], code: int) -> float | None:
         """The job's metric; None for a failed job, as ``semseg.cli.run_job`` returns in-process."""
-        from semseg.hydra_callbacks import FAILED_FILE
+        from semseg.run_folder import RunFolder
 
-        metrics = job_dir / "metrics.json"
+        run = RunFolder(job_dir)
+        metrics = run.metrics
         if code == 0 and metrics.is_file():
             value = json.loads(metrics.read_text()).get(self.metric)
             return None if value is None else float(value)
-        if not (job_dir / FAILED_FILE).exists():
+        if not run.failed_job.exists():
             tail = (job_dir / "launcher.log").read_text().strip().splitlines()[-1:] or ["no output"]
             report = {"error": f"exit code {code}: {tail[0]}", "overrides": overrides, "traceback": ""}
-            (job_dir / FAILED_FILE).write_text(json.dumps(report))
+            run.failed_job.write_text(json.dumps(report))
         return None

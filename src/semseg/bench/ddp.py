@@ -11,7 +11,7 @@ import traceback
 from omegaconf import DictConfig, open_dict
 
 from semseg.bench.training import bench_device
-from semseg.train import train
+from semseg.training.train import train
 
 
 def ddp_smoke(cfg: DictConfig) -> dict:

@@ -13,8 +13,8 @@ import torch
 from hydra import compose
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from semseg.bench.architectures import bench_model
 from semseg.bench.ddp import ddp_smoke
-from semseg.bench.models import bench_model
 from semseg.bench.scan import scan_seconds
 from semseg.bench.timing import median
 from semseg.bench.training import (
@@ -28,7 +28,7 @@ from semseg.bench.training import (
 from semseg.data.photolike import PhotoSpec, generate_photolike
 from semseg.errors import ConfigError
 from semseg.files import write_json_atomic
-from semseg.report import markdown_table
+from semseg.markdown import markdown_table
 
 log = logging.getLogger(__name__)
 

@@ -9,14 +9,15 @@ from contextlib import nullcontext
 
 import lightning as L
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig, open_dict
 
 from semseg.bench.timing import StepTimer, images_per_s, synchronize
-from semseg.loggers import build_logger, run_identity
-from semseg.module import SegmentationModule
-from semseg.train import build_run
+from semseg.builders import build_run
+from semseg.run_folder import RunFolder
+from semseg.task.module import SegmentationModule
 from semseg.trainer_defaults import trainer_kwargs, uses_cuda
+from semseg.training.checkpoints import build_callbacks
+from semseg.training.loggers import build_logger, run_identity
 
 
 def bench_device(cfg: DictConfig) -> torch.device:
@@ -42,7 +43,7 @@ def pipeline_images_per_s(cfg: DictConfig, warmup: int, steps: int) -> float:
         with open_dict(cfg):
             cfg.output_dir = folder  # checkpoints and logs of the run go to a scratch folder
         _, module, datamodule = build_run(cfg, cfg.seed)
-        callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
+        callbacks = build_callbacks(cfg.get("callbacks"), RunFolder(folder))
         kwargs = trainer_kwargs(cfg.trainer, cfg.data) | {
             "max_steps": warmup + steps,
             "max_epochs": -1,

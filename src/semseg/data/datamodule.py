@@ -13,8 +13,9 @@ from lightning.pytorch.accelerators import CPUAccelerator
 from torch.utils.data import DataLoader
 
 from semseg.data.batch import MASK_PAD_CODE, pad_collate
+from semseg.data.cores import data_parallelism
 from semseg.data.dataset import MaskEncoder, SegmentationDataset, has_split, list_pairs, resolve_class_names
-from semseg.data.samples import FileSamples, PackedSamples, sample_source, usable_cores
+from semseg.data.samples import FileSamples, PackedSamples, sample_source
 from semseg.data.sampling import EpochSampler
 from semseg.data.synthetic import SyntheticSpec, generate
 from semseg.data.transforms import build_transforms
@@ -32,13 +33,13 @@ def _init_worker(_worker_id: int) -> None:
 
 def default_num_workers(model_on_cpu: bool = False, cached: bool = False) -> int:
     """Loader workers for ``data.num_workers: null``: one per core this process may use (at most
-    8, where returns diminish), or none when the model trains on the CPU from cached samples.
+    ``semseg.data.cores.MAX_PARALLEL_DATA``), or none when the model trains on the CPU from cached samples.
 
     Then a sample costs a copy and its augmentations (well under a millisecond at 192x256), and
     worker processes would only contend with the model's threads for the same cores: on 2 cores
     the loop without workers trained ~8% faster than with 2 (benchmark, README's Speed section).
     """
-    return 0 if model_on_cpu and cached else min(usable_cores(), 8)
+    return 0 if model_on_cpu and cached else data_parallelism()
 
 
 class SegmentationDataModule(L.LightningDataModule):

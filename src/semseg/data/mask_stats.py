@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import warnings
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -20,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from semseg.data.cores import data_parallelism
 from semseg.data.dataset import is_palette_png, read_mask
 from semseg.errors import DataError
 from semseg.files import cache_dir, write_json_atomic
@@ -91,13 +91,6 @@ def _load_cache(path: Path) -> dict:
         return {}  # no cache yet, or an unreadable one: recompute
 
 
-def _workers() -> int:
-    try:
-        return min(len(os.sched_getaffinity(0)), 8)
-    except AttributeError:
-        return min(os.cpu_count() or 1, 8)
-
-
 def summarize_masks(root: Path, paths: Sequence[Path]) -> list[MaskSummary]:
     """Summaries of ``paths`` (mask files under ``root``), read once and cached per data root.
 
@@ -116,7 +109,7 @@ def summarize_masks(root: Path, paths: Sequence[Path]) -> list[MaskSummary]:
         if key not in cached:
             todo.append((key, path))
     if todo or len(cached) != len(keys):
-        with ThreadPoolExecutor(_workers()) as pool:
+        with ThreadPoolExecutor(data_parallelism()) as pool:
             for (key, _), summary in zip(todo, pool.map(summarize_mask, [p for _, p in todo]), strict=True):
                 cached[key] = asdict(summary)
         cached = {key: cached[key] for key in keys}  # drop entries of changed or removed files

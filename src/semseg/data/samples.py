@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from semseg.data.cores import data_parallelism
 from semseg.data.dataset import MaskEncoder, read_image, read_mask
 from semseg.data.transforms import resize_transform
 from semseg.errors import ConfigError, DataError
@@ -43,14 +44,6 @@ log = logging.getLogger(__name__)
 CACHE_MODES = ("auto", "memory", "disk", "off")
 CACHE_VERSION = 1
 Pairs = list[tuple[Path, Path | None]]
-
-
-def usable_cores() -> int:
-    """The cores this process may run on."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
 
 
 class FileSamples:
@@ -134,7 +127,7 @@ class PackedSamples:
     @classmethod
     def decode(cls, source: FileSamples) -> PackedSamples:
         """Decodes every sample of ``source`` (several at once: OpenCV releases the GIL)."""
-        with ThreadPoolExecutor(min(usable_cores(), 8)) as pool:
+        with ThreadPoolExecutor(data_parallelism()) as pool:
             samples = list(pool.map(source.__getitem__, range(len(source))))
         index = np.zeros((len(samples), 5), np.int64)
         index[:, 2:] = [image.shape for image, _ in samples]

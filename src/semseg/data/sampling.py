@@ -28,6 +28,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, DistributedSampler
 
+from semseg.lightning_private import restart_training_iterator, training_loaders
+
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:
     """A 32-bit seed for one sample of one epoch, independent of worker and rank."""
@@ -86,9 +88,9 @@ class EpochSeeding(L.Callback):
         # workers start prefetching) before it restores a checkpoint, i.e. for epoch 0; it then
         # reuses that iterator for the epoch it resumes at. A fresh one has the right epoch.
         epoch = trainer.fit_loop.epoch_progress.current.processed
-        samplers = [getattr(loader, "sampler", None) for loader in trainer.fit_loop._combined_loader.flattened]
+        samplers = [getattr(loader, "sampler", None) for loader in training_loaders(trainer)]
         if any(isinstance(s, EpochSampler) and s.iterated_epoch not in (None, epoch) for s in samplers):
-            iter(trainer.fit_loop._data_fetcher)
+            restart_training_iterator(trainer)
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int) -> None:
         if batch_idx == 0:

@@ -29,20 +29,26 @@ from semseg.errors import DataError
 
 log = logging.getLogger(__name__)
 
-CLASS_NAMES = ("background", "disk", "square", "triangle", "speck")
+# conf/data/synthetic.yaml is the one place of the set's classes (Hydra reads them there). The
+# renderer draws each class by its name: code 0 the background, 1-3 the shapes, and "speck".
+CLASS_NAMES: tuple[str, ...] = tuple(OmegaConf.load(CONF_DIR / "data" / "synthetic.yaml").class_names)
 MANIFEST = "synthetic.json"
 PNG_LEVEL = [cv2.IMWRITE_PNG_COMPRESSION, 6]
 
 
 @dataclass(frozen=True)
 class SyntheticSpec:
-    """What to generate; two equal specs give byte-identical data sets."""
+    """What to generate; two equal specs give byte-identical data sets.
 
-    num_train: int = 256
-    num_val: int = 64
-    num_test: int = 64
-    image_size: int = 64
-    seed: int = 0
+    No field has a default: the default set's values are ``data.synthetic`` in
+    conf/data/synthetic.yaml, and every caller builds its spec from a config or names each field.
+    """
+
+    num_train: int
+    num_val: int
+    num_test: int
+    image_size: int
+    seed: int
 
 
 def _smooth_noise(rng: np.random.Generator, size: int, cells: int) -> np.ndarray:
@@ -98,7 +104,7 @@ def _split_sizes(spec: SyntheticSpec) -> dict[str, int]:
     return {"train": spec.num_train, "val": spec.num_val, "test": spec.num_test}
 
 
-def generate(root: str | os.PathLike, spec: SyntheticSpec = SyntheticSpec()) -> Path:
+def generate(root: str | os.PathLike, spec: SyntheticSpec) -> Path:
     """Writes the synthetic data set to ``root`` unless it is already there.
 
     Args:

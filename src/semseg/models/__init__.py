@@ -34,18 +34,19 @@ class SegmentationNet(nn.Module):
     here lets every model take any image size in training, evaluation and prediction.
 
     Args:
-        net: the architecture (an smp-style model).
+        architecture: the smp-style model (encoder, decoder, head).
         stride: the side multiple the architecture needs.
         channels_last: run the network in NHWC memory format (faster convolutions on tensor cores).
     """
 
-    def __init__(self, net: nn.Module, stride: int, channels_last: bool = False):
+    def __init__(self, architecture: nn.Module, stride: int, channels_last: bool = False):
         super().__init__()
-        self.net = net
+        self.architecture = architecture
         self.stride = stride
         self.channels_last = channels_last
         if channels_last:
-            self.net.to(memory_format=torch.channels_last)
+            self.architecture.to(memory_format=torch.channels_last)
+        self.register_load_state_dict_pre_hook(_rename_old_keys)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         height, width = x.shape[-2:]
@@ -57,8 +58,16 @@ class SegmentationNet(nn.Module):
             x = F.pad(x, (0, right, 0, bottom), mode="replicate")
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        logits = self.net(x)
+        logits = self.architecture(x)
         return logits[..., :height, :width]
+
+
+def _rename_old_keys(module: nn.Module, state_dict: dict, prefix: str, *args) -> None:
+    """Checkpoints written before the architecture attribute got its name hold its tensors as
+    ``<prefix>net.*``: read them as ``<prefix>architecture.*``, so those checkpoints still load."""
+    old = f"{prefix}net."
+    for key in [k for k in state_dict if k.startswith(old)]:
+        state_dict[f"{prefix}architecture.{key.removeprefix(old)}"] = state_dict.pop(key)
 
 
 def _architecture(name: str) -> type[nn.Module]:

@@ -14,7 +14,7 @@ from huggingface_hub import try_to_load_from_cache
 from torch import nn
 
 from semseg.errors import ConfigError
-from semseg.network import can_reach
+from semseg.online import can_reach
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -1,9 +1,11 @@
 """Segmentation scores: per-class IoU and Dice, their means, pixel accuracy, and boundary IoU.
 
 torchmetrics accumulates the confusion matrix (on the device, synchronised across DDP ranks); the
-scores are derived here, by hand, because torchmetrics' own IoU/Dice differ from the contract on
-``ignore_index`` and on classes absent from the whole evaluated set. torchmetrics has no boundary
-IoU, so that metric is written here as a torchmetrics ``Metric`` (same accumulation and sync).
+scores are derived from it here, in one place (``per_class_scores``) for every reader: the logged
+metrics, eval.py's per-class table and the pictures' per-image mIoU. They are derived by hand
+because torchmetrics' own IoU/Dice differ from the contract on ``ignore_index`` and on classes
+absent from the whole evaluated set. torchmetrics has no boundary IoU, so that metric is written
+here as a torchmetrics ``Metric`` (same accumulation and sync).
 """
 
 from __future__ import annotations
@@ -55,12 +57,13 @@ class BoundaryIoU(Metric):
     Args:
         num_classes: number of classes.
         ignore_index: target value of pixels left out.
-        width: band width in pixels (Cheng et al. use 2% of the image diagonal: 3 px at 100x100).
+        width: band width in pixels (Cheng et al. use 2% of the image diagonal: 3 px at 100x100);
+            no default here: ``metrics.boundary_width`` in conf/train.yaml is the one source.
     """
 
     full_state_update = False
 
-    def __init__(self, num_classes: int, ignore_index: int, width: int = 3):
+    def __init__(self, num_classes: int, ignore_index: int, width: int):
         super().__init__()
         self.num_classes, self.ignore_index, self.width = num_classes, ignore_index, width
         self.add_state("intersection", torch.zeros(num_classes, dtype=torch.long), dist_reduce_fx="sum")
@@ -87,6 +90,48 @@ class BoundaryIoU(Metric):
         return torch.where(self.union > 0, self.intersection / self.union.clamp(min=1), nan)
 
 
+def per_image_confusion(preds: torch.Tensor, target: torch.Tensor, num_classes: int, ignore_index: int) -> torch.Tensor:
+    """(N, C, C) pixel confusion matrix of each of N images (rows target, columns prediction), from
+    (N, H, W) predicted and target class indices; pixels whose target is ``ignore_index`` are skipped."""
+    valid = target != ignore_index
+    n = preds.shape[0]
+    # One bincount for the whole batch: image i's counts sit at i * C² + target * C + prediction.
+    index = torch.arange(n, device=preds.device)[:, None, None] * num_classes**2 + target * num_classes + preds
+    return torch.bincount(index[valid], minlength=n * num_classes**2).reshape(n, num_classes, num_classes)
+
+
+def per_class_scores(confusion: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per-class ``iou``, ``dice``, ``precision`` and ``recall`` (float64) from a (C, C) confusion
+    matrix, or a batch of them (N, C, C): rows target, columns prediction.
+
+    Each score is NaN where its denominator has no pixel: IoU and Dice for a class absent from both
+    target and prediction, precision for a class never predicted, recall for one never in the target.
+    """
+    confusion = confusion.double()
+    tp = confusion.diagonal(dim1=-2, dim2=-1)
+    target, predicted = confusion.sum(-1), confusion.sum(-2)
+    nan = torch.tensor(math.nan, dtype=confusion.dtype, device=confusion.device)
+
+    def ratio(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
+        return torch.where(den > 0, num / den.clamp(min=1), nan)
+
+    return {
+        "iou": ratio(tp, target + predicted - tp),
+        "dice": ratio(2 * tp, target + predicted),
+        "precision": ratio(tp, predicted),
+        "recall": ratio(tp, target),
+    }
+
+
+def per_image_miou(preds: torch.Tensor, target: torch.Tensor, num_classes: int, ignore_index: int) -> torch.Tensor:
+    """(N,) mean IoU of each of N images over the classes present in its target or prediction.
+
+    Unlike ``scores_from_confusion``'s means, an ``ignore_index`` that is a class index stays in the
+    mean: its pixels are skipped in the target, but a prediction of it still counts as a mistake.
+    """
+    return per_class_scores(per_image_confusion(preds, target, num_classes, ignore_index))["iou"].nanmean(dim=-1)
+
+
 def scores_from_confusion(
     confusion: torch.Tensor,
     class_names: Sequence[str],
@@ -107,21 +152,16 @@ def scores_from_confusion(
         and is left out of the means.
     """
     confusion = confusion.double()
-    tp = confusion.diag()
-    fp = confusion.sum(0) - tp
-    fn = confusion.sum(1) - tp
-    nan = torch.tensor(float("nan"), dtype=confusion.dtype, device=confusion.device)
-    present = (tp + fp + fn) > 0
-    iou = torch.where(present, tp / (tp + fp + fn).clamp(min=1), nan)
-    dice = torch.where(present, 2 * tp / (2 * tp + fp + fn).clamp(min=1), nan)
-    counted = torch.ones_like(present)
+    per_class = per_class_scores(confusion)
+    iou, dice = per_class["iou"], per_class["dice"]
+    counted = torch.ones_like(iou, dtype=torch.bool)
     if ignore_index is not None and 0 <= ignore_index < len(class_names):
         counted[ignore_index] = False
     total = confusion.sum()
     scores = {
         "miou": iou[counted].nanmean().item(),
         "dice": dice[counted].nanmean().item(),
-        "pixel_acc": (tp.sum() / total).item() if total > 0 else math.nan,
+        "pixel_acc": (confusion.diag().sum() / total).item() if total > 0 else math.nan,
     }
     if boundary_iou is not None:
         scores["boundary_iou"] = boundary_iou.double()[counted].nanmean().item()

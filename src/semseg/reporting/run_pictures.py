@@ -25,8 +25,8 @@ from matplotlib.legend import Legend
 from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
+from semseg.data.palette import IGNORE_COLOUR, colorize
 from semseg.files import atomic_path
-from semseg.visualize import IGNORE_COLOUR, colorize
 
 MIN_FONT_PT = 8  # the smallest text of any picture: tick labels, legends, values, captions
 TITLE_PT = 10
@@ -91,22 +91,47 @@ def image_panel(ax: Axes, picture: np.ndarray, title: str | None = None) -> None
         ax.set_title(title, fontsize=9)
 
 
+PANEL_IN = 2.2  # the side of one image panel of a grid, in inches
+
+
+def image_grid(
+    rows: Sequence[Sequence[np.ndarray]],
+    column_titles: Sequence[str],
+    row_labels: Sequence[str],
+    classes: Classes,
+    title: str,
+    ignored: bool,
+    legend_below: bool = False,
+) -> Figure:
+    """Rows of image panels, ``PANEL_IN`` inches each, the columns titled above the first row and
+    each row labelled on its left; the class legend (with "ignored" when ``ignored``) beside the
+    grid, or below it when ``legend_below`` (a wide grid: many columns and few rows)."""
+    entries = len(classes.names) + ignored
+    width, height = PANEL_IN * len(column_titles), PANEL_IN * len(rows)
+    if legend_below:
+        ncols = max(1, min(entries, int(width / legend_width(classes.names, 1))))
+        legend_rows = -(-entries // ncols) + 1  # and its title
+        figsize, loc = (width, height + 0.9 + LEGEND_ROW_IN * legend_rows), "outside lower center"
+    else:  # the height stays PANEL_IN a row: the legend takes columns rather than rows
+        ncols = legend_columns(entries, height)
+        figsize, loc = (width + legend_width(classes.names, ncols), height), BESIDE
+    fig, axes = plt.subplots(len(rows), len(column_titles), figsize=figsize, squeeze=False, layout="constrained")
+    for row, (panels, label) in enumerate(zip(rows, row_labels, strict=True)):
+        for col, picture in enumerate(panels):
+            image_panel(axes[row, col], picture, column_titles[col] if row == 0 else None)
+        axes[row, 0].set_ylabel(label, fontsize=MIN_FONT_PT)
+    fig.suptitle(title, fontsize=TITLE_PT)
+    class_legend(fig, classes, loc, ncols, ignored)
+    return fig
+
+
 def overlay_grid(shown: Sequence, classes: Classes, title: str) -> Figure:
     """Rows of image | ground truth | prediction, captioned with the name and per-image mIoU; the
-    class legend on the right (the height stays 2.2 inches a row)."""
-    height = 2.2 * len(shown)
+    class legend on the right."""
     ignored = classes.any_ignored([s.mask for s in shown] + [s.prediction for s in shown])
-    ncols = legend_columns(len(classes.names) + ignored, height)
-    fig, axes = plt.subplots(len(shown), 3, figsize=(6.6 + legend_width(classes.names, ncols), height),
-                             squeeze=False, layout="constrained")  # fmt: skip
-    for row, item in enumerate(shown):
-        panels = (item.image, classes.colorize(item.mask), classes.colorize(item.prediction))
-        for col, (caption, picture) in enumerate(zip(("image", "ground truth", "prediction"), panels, strict=True)):
-            image_panel(axes[row, col], picture, caption if row == 0 else None)
-        axes[row, 0].set_ylabel(f"{item.name}\nmIoU {item.miou:.3f}", fontsize=MIN_FONT_PT)
-    fig.suptitle(title, fontsize=TITLE_PT)
-    class_legend(fig, classes, BESIDE, ncols, ignored)
-    return fig
+    rows = [(s.image, classes.colorize(s.mask), classes.colorize(s.prediction)) for s in shown]
+    labels = [f"{s.name}\nmIoU {s.miou:.3f}" for s in shown]
+    return image_grid(rows, ("image", "ground truth", "prediction"), labels, classes, title, ignored)
 
 
 def confusion_matrix(confusion: torch.Tensor, classes: Classes, title: str) -> Figure:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import logging
-import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -12,17 +11,19 @@ import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from semseg.checkpoint import load_module
+from semseg.builders import build_datamodule
 from semseg.errors import ConfigError
-from semseg.files import atomic_path, write_json_atomic
-from semseg.inference import InferenceSettings
-from semseg.module import SegmentationModule
-from semseg.report import markdown_table
-from semseg.train import build_datamodule, json_safe
+from semseg.files import atomic_path, json_safe, write_json_atomic
+from semseg.inference.checkpoint import load_module
+from semseg.markdown import markdown_table
+from semseg.run_folder import METRICS_FILE
+from semseg.task.metrics import per_class_scores
+from semseg.task.module import SegmentationModule
 from semseg.trainer_defaults import trainer_kwargs
 
 log = logging.getLogger(__name__)
 
+SCORING_STAGE = "test"  # the module's stage that evaluate() runs, whatever the split
 PER_CLASS_COLUMNS = ("class", "iou", "dice", "precision", "recall", "target_pixels", "predicted_pixels")
 
 
@@ -61,18 +62,8 @@ def _check_fits(data: Mapping, module: SegmentationModule) -> None:
 def per_class_rows(confusion: torch.Tensor, class_names: Sequence[str]) -> list[dict]:
     """IoU, Dice, precision, recall and pixel counts per class from a (C, C) confusion matrix
     (rows target, columns prediction); NaN where a score has no pixel to stand on."""
-    confusion = confusion.double()
-    tp, target, predicted = confusion.diag(), confusion.sum(1), confusion.sum(0)
-
-    def ratio(num: torch.Tensor, den: torch.Tensor) -> list[float]:
-        return [n / d if d > 0 else math.nan for n, d in zip(num.tolist(), den.tolist(), strict=True)]
-
-    columns = {
-        "iou": ratio(tp, target + predicted - tp),
-        "dice": ratio(2 * tp, target + predicted),
-        "precision": ratio(tp, predicted),
-        "recall": ratio(tp, target),
-    }
+    columns = {name: scores.tolist() for name, scores in per_class_scores(confusion).items()}
+    target, predicted = confusion.sum(1), confusion.sum(0)
     return [
         {
             "class": name,
@@ -109,8 +100,8 @@ def evaluate(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict[str, float]
     split = cfg.split
     if split not in ("train", "val", "test"):
         raise ConfigError(f"split={split}: evaluate one of train, val, test.")
-    module = load_module(cfg.ckpt_path)
-    module.inference = InferenceSettings.from_config(cfg.get("inference"))
+    inference = cfg.get("inference")
+    module = load_module(cfg.ckpt_path, OmegaConf.to_container(inference, resolve=True) if inference else None)
     data = data_config(cfg, module, overrides)
     _check_fits(data, module)
     data["synthetic"] = None  # evaluate what is there; generating data is training's business
@@ -120,19 +111,20 @@ def evaluate(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict[str, float]
     trainer = L.Trainer(
         **trainer_kwargs(cfg.trainer, data), logger=False, enable_checkpointing=False, default_root_dir=cfg.output_dir
     )
-    # The module's test stage computes the contract metrics; they are renamed to the split's.
+    # The module's test stage scores any split (trainer.test): its metrics, named test/*, are
+    # renamed to the split's, and its confusion matrix is the test stage's.
     raw = trainer.test(module, dataloaders=loader, verbose=False)[0]
-    metrics = {f"{split}/{k.removeprefix('test/')}": float(v) for k, v in raw.items()}
+    metrics = {f"{split}/{k.removeprefix(f'{SCORING_STAGE}/')}": float(v) for k, v in raw.items()}
 
     output_dir = Path(cfg.output_dir)
     class_names = list(module.hparams.class_names)
-    confusion = module.last_confusion["test"]
+    confusion = module.last_confusion[SCORING_STAGE]
     markdown = _write_per_class(per_class_rows(confusion, class_names), output_dir)
     with atomic_path(output_dir / "confusion_matrix.csv") as tmp, tmp.open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["target \\ prediction", *class_names])
         writer.writerows([name, *row] for name, row in zip(class_names, confusion.long().tolist(), strict=True))
-    write_json_atomic(output_dir / "metrics.json", json_safe(metrics))
+    write_json_atomic(output_dir / METRICS_FILE, json_safe(metrics))
     summary = ", ".join(
         f"{k} {metrics[f'{split}/{k}']:.4f}" for k in ("miou", "dice", "pixel_acc") if f"{split}/{k}" in metrics
     )

@@ -1,7 +1,7 @@
 """The leaderboard's pictures: a bar chart of the scores, and the same validation images predicted by
 every run side by side (the book's FCN-vs-U-Net view).
 
-As the run folder's pictures (semseg.run_pictures): ``*_figure`` functions return the figure (tests
+As the run folder's pictures (semseg.reporting.run_pictures): ``*_figure`` functions return the figure (tests
 read it), their namesakes save it; titles say the split, checkpoint and epoch shown.
 """
 
@@ -12,30 +12,20 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only: no display, no GUI toolkit
-import matplotlib.pyplot as plt
+import matplotlib.pyplot as plt  # on the Agg backend, which semseg.reporting.run_pictures chooses
 import numpy as np
-import torch
 from matplotlib.figure import Figure
 from omegaconf import OmegaConf, open_dict
 
-from semseg.checkpoint import load_module
-from semseg.module import SegmentationModule
-from semseg.report import Row, Run
-from semseg.run_pictures import (
-    LEGEND_ROW_IN,
-    MIN_FONT_PT,
-    TITLE_PT,
-    Classes,
-    class_legend,
-    image_panel,
-    legend_width,
-    save_figure,
-)
-from semseg.train import build_datamodule
-from semseg.visualize import checkpoint_epoch, picture_title, to_display
+from semseg.builders import build_datamodule
+from semseg.data.palette import to_display
+from semseg.inference.checkpoint import load_module
+from semseg.inference.tiling import predict_logits
+from semseg.reporting.captions import example_names, picture_title
+from semseg.reporting.leaderboard import Row, Run
+from semseg.reporting.run_pictures import TITLE_PT, Classes, image_grid, save_figure
+from semseg.run_folder import RunFolder, checkpoint_epoch
+from semseg.task.module import SegmentationModule
 
 
 def bar_chart(rows: Sequence[Row], path: Path, metrics: Sequence[str] = ("val/miou", "test/miou")) -> None:
@@ -76,14 +66,11 @@ def _row_label(row: Row) -> str:
 
 
 def _checkpoint(run: Run) -> Path | None:
-    for name in ("best.ckpt", "last.ckpt"):
-        if (path := run.folder / "checkpoints" / name).is_file():
-            return path
-    return None
+    return RunFolder(run.folder).result_checkpoint()
 
 
 def _validation_set(run: Run):
-    cfg = OmegaConf.load(run.folder / ".hydra" / "config.yaml")
+    cfg = OmegaConf.load(RunFolder(run.folder).hydra_config)
     with open_dict(cfg):
         cfg.data.num_workers = 0
         cfg.data.synthetic = None  # read what is there; never generate from a report
@@ -131,23 +118,20 @@ def prediction_grid_figure(runs: Sequence[Run], num_images: int = 4, seed: int =
     mean, std = module.normalization
     samples = [_prepared(module, dataset[index]) for index in picked]
     ignored = classes.any_ignored([sample["mask"][0].numpy() for sample in samples])
-    width = 2.2 * (2 + len(columns))
-    legend_cols = max(1, min(len(classes.names) + ignored, int(width / legend_width(classes.names, 1))))
-    legend_rows = -(-(len(classes.names) + ignored) // legend_cols) + 1  # and its title
-    fig, axes = plt.subplots(len(picked), 2 + len(columns), squeeze=False, layout="constrained",
-                             figsize=(width, 2.2 * len(picked) + 0.9 + LEGEND_ROW_IN * legend_rows))  # fmt: skip
     common = set.intersection(*(set(c.run.overrides) for c in columns)) if len(columns) > 1 else set()
     titles = ["image", "ground truth", *(_column_title(c, common) for c in columns)]
-    for row, sample in enumerate(samples):
-        panels = [to_display(sample["image"][0].numpy(), mean, std), classes.colorize(sample["mask"][0].numpy())]
-        panels += [classes.colorize(c.predictions[row]) for c in columns]
-        for col, picture in enumerate(panels):
-            image_panel(axes[row, col], picture, titles[col] if row == 0 else None)
-        axes[row, 0].set_ylabel(names[picked[row]], fontsize=MIN_FONT_PT)
+    rows = [
+        [
+            to_display(sample["image"][0].numpy(), mean, std),
+            classes.colorize(sample["mask"][0].numpy()),
+            *(classes.colorize(c.predictions[row]) for c in columns),
+        ]
+        for row, sample in enumerate(samples)
+    ]
     shown = {(c.epoch, c.checkpoint) for c in columns}
     title = picture_title("val", *shown.pop()) if len(shown) == 1 else "val, each run's checkpoint and epoch above it"
-    fig.suptitle(title, fontsize=TITLE_PT)
-    class_legend(fig, classes, "outside lower center", legend_cols, ignored)
+    # The legend below: the grid is wide (a column a run) and may be a single row high.
+    fig = image_grid(rows, titles, [names[i] for i in picked], classes, title, ignored, legend_below=True)
     return fig, notes
 
 
@@ -170,13 +154,16 @@ def _predict(runs: Sequence[Run], num_images: int, seed: int) -> tuple[tuple | N
         dataset = _validation_set(run)
         names = [pair[0].stem for pair in dataset.pairs]
         if reference is None:
-            rng = np.random.default_rng(seed)
-            picked = sorted(rng.choice(len(names), min(num_images, len(names)), replace=False).tolist())
-            reference = (names, picked, dataset, module)
+            chosen = set(example_names(names, num_images, seed))  # as the training callback chooses its examples
+            reference = (names, [i for i, name in enumerate(names) if name in chosen], dataset, module)
         elif names != reference[0]:
             notes.append(f"{run.folder}: another validation set, left out of the picture")
             continue
-        with torch.no_grad():
-            predictions = [module(_prepared(module, dataset[i])["image"]).argmax(1)[0].numpy() for i in reference[1]]
+        # As evaluation predicts (whole, tiled or TTA: the checkpoint's inference settings), so the
+        # pictures show the predictions that were scored.
+        images = (_prepared(module, dataset[i])["image"] for i in reference[1])
+        predictions = [
+            predict_logits(module.net, image, module.inference)[0].argmax(0).cpu().numpy() for image in images
+        ]
         columns.append(_Column(run, predictions, checkpoint.name, checkpoint_epoch(checkpoint)))
     return reference, columns, notes

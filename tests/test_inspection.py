@@ -1,5 +1,6 @@
-"""The data set doctor: each broken folder gets a problem naming its file and the fix; good folders
-get correct class frequencies; scripts/inspect_data.py writes the report and exits non-zero."""
+"""Data inspection (scripts/inspect_data.py and training's start-up check): each broken folder gets
+a problem naming its file and the fix; good folders get correct class frequencies;
+scripts/inspect_data.py writes the report and exits non-zero."""
 
 from __future__ import annotations
 
@@ -15,9 +16,9 @@ import pytest
 from PIL import Image
 
 from semseg.data import SegmentationDataModule
-from semseg.data.doctor import inspect_dataset
+from semseg.data.inspection import inspect_folder
 from semseg.errors import DataError
-from semseg.train import train
+from semseg.training.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -43,7 +44,7 @@ def good_folder(root: Path, value: int = 1) -> Path:
 
 
 def inspect(root: Path, **kwargs):
-    return inspect_dataset(root, **({"num_classes": 2, "in_channels": 1} | kwargs))
+    return inspect_folder(root, **({"num_classes": 2, "in_channels": 1} | kwargs))
 
 
 def only_problem(report, file: Path):
@@ -178,7 +179,7 @@ def test_images_that_opencv_converts_are_warned_and_impossible_channels_refused(
     assert "has 1 channels but data.in_channels=4" in four.problems[0].problem
 
 
-def test_training_stops_at_start_up_with_the_doctors_message(make_cfg, tmp_path: Path):
+def test_training_stops_at_start_up_with_the_inspections_message(make_cfg, tmp_path: Path):
     root = good_folder(tmp_path / "data", value=255)
     cfg = make_cfg("data=folder", "data.num_classes=2", "data.in_channels=1", root=root)
     with pytest.raises(DataError) as error:
@@ -188,7 +189,7 @@ def test_training_stops_at_start_up_with_the_doctors_message(make_cfg, tmp_path:
     assert not (Path(cfg.output_dir) / "checkpoints").exists()
 
 
-def run_doctor(tmp_path: Path, *overrides: str) -> subprocess.CompletedProcess:
+def run_inspect_data(tmp_path: Path, *overrides: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "inspect_data.py"), f"hydra.run.dir={tmp_path / 'out'}", *overrides],
         capture_output=True, text=True, timeout=120, env=os.environ | {"HYDRA_FULL_ERROR": "0"},
@@ -198,13 +199,13 @@ def run_doctor(tmp_path: Path, *overrides: str) -> subprocess.CompletedProcess:
 def test_the_script_prints_the_report_writes_json_and_exits_non_zero_on_problems(tmp_path: Path):
     root = good_folder(tmp_path / "data", value=255)
     data = ["data=folder", f"data.root={root}", "data.num_classes=2", "data.in_channels=1"]
-    bad = run_doctor(tmp_path, *data)
+    bad = run_inspect_data(tmp_path, *data)
     assert bad.returncode == 1, bad.stderr
     assert "5 problem(s):" in bad.stdout and "masks/train/train0.png: holds values [255]" in bad.stdout
     report = json.loads((tmp_path / "out" / "data_report.json").read_text())
     assert report["ok"] is False and len(report["problems"]) == 5
 
-    good = run_doctor(tmp_path, *data, "data.label_map={0: 0, 255: 1}", "data.class_names=[background,square]")
+    good = run_inspect_data(tmp_path, *data, "data.label_map={0: 0, 255: 1}", "data.class_names=[background,square]")
     assert good.returncode == 0, good.stdout + good.stderr
     assert "no problems found" in good.stdout and "suggested loss.class_weights (median_frequency)" in good.stdout
     assert "square" in good.stdout and "16.41%" in good.stdout  # 168 of 1024 pixels
@@ -212,7 +213,7 @@ def test_the_script_prints_the_report_writes_json_and_exits_non_zero_on_problems
 
 def test_the_script_lists_the_stored_values_when_num_classes_is_not_set(tmp_path: Path):
     root = good_folder(tmp_path / "data", value=255)
-    result = run_doctor(tmp_path, "data=folder", f"data.root={root}")
+    result = run_inspect_data(tmp_path, "data=folder", f"data.root={root}")
     assert result.returncode == 1
     assert "store the values 0 (83.6%), 255 (16.4%)" in result.stdout  # 168 of 1024 pixels are 255
     assert "error: data.num_classes is not set" in result.stderr and "data.label_map" in result.stderr

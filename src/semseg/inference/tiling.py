@@ -10,7 +10,7 @@ outvote the others.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 import torch.nn.functional as F
@@ -47,30 +47,34 @@ class InferenceSettings:
 
     @classmethod
     def from_config(cls, cfg: Mapping | None) -> InferenceSettings:
-        """Settings from the ``inference`` group, each key checked (the key and the fix named)."""
-        cfg = dict(cfg or {})
-        unknown = sorted(set(cfg) - {"tile_size", "tile_overlap", "tile_batch_size", "flips", "scales"})
+        """Settings from the ``inference`` group, each key checked (the key and the fix named).
+
+        A missing key takes the field's default above, the one copy in code (conf/inference/whole.yaml
+        lists the same values for users; a test holds the two equal).
+        """
+        defaults = {field.name: field.default for field in fields(cls)}
+        given = dict(cfg or {})
+        unknown = sorted(set(given) - set(defaults))
         if unknown:
-            raise ConfigError(
-                f"inference.{unknown[0]} is not a setting; valid: tile_size, tile_overlap, "
-                "tile_batch_size, flips, scales."
-            )
-        tile = cfg.get("tile_size")
+            raise ConfigError(f"inference.{unknown[0]} is not a setting; valid: {', '.join(defaults)}.")
+        cfg = defaults | given
+        tile = cfg["tile_size"]
         if tile is not None:
             tile = (int(tile), int(tile)) if isinstance(tile, int) else tuple(int(v) for v in tile)
             if len(tile) != 2 or min(tile) < 1:
                 raise ConfigError(f"inference.tile_size={cfg['tile_size']}: give [H, W] (or one side), or null.")
-        overlap = float(cfg.get("tile_overlap", 0.25))
+        overlap = float(cfg["tile_overlap"])
         if not 0 <= overlap < 1:
             raise ConfigError(f"inference.tile_overlap={overlap}: a fraction of the tile, 0 <= overlap < 1.")
-        flips = tuple(cfg.get("flips") or ())
+        # null or an empty list means the default too: no flips, and the image at its own scale.
+        flips = tuple(cfg["flips"] or defaults["flips"])
         bad = [f for f in flips if f not in FLIPS]
         if bad:
             raise ConfigError(f"inference.flips: {bad[0]} is not a flip; valid: {', '.join(FLIPS)}.")
-        scales = tuple(float(s) for s in (cfg.get("scales") or (1.0,)))
+        scales = tuple(float(s) for s in (cfg["scales"] or defaults["scales"]))
         if min(scales) <= 0:
             raise ConfigError(f"inference.scales={list(scales)}: scales must be positive.")
-        batch = int(cfg.get("tile_batch_size", 4))
+        batch = int(cfg["tile_batch_size"])
         if batch < 1:
             raise ConfigError(f"inference.tile_batch_size={batch}: at least 1.")
         return cls(tile, overlap, batch, flips, scales)

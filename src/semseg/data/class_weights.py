@@ -2,7 +2,7 @@
 
 ``loss.class_weights: auto`` is median-frequency balancing (Eigen & Fergus 2015, as SegNet uses);
 ``inverse_frequency`` is the other classic. Both come from pixel counts of the training masks (see
-``semseg.data.doctor``, which counts them in one cached pass). Neither torch nor smp computes class
+``semseg.data.inspection``, which counts them in one cached pass). Neither torch nor smp computes class
 weights from data, hence this module.
 """
 

@@ -1,6 +1,6 @@
-"""The data set doctor: checks an image-mask folder and counts its classes before any training.
+"""Data inspection: checks an image-mask folder and counts its classes before any training.
 
-``inspect_dataset`` pairs every split, reads image headers (every image in full with
+``inspect_folder`` pairs every split, reads image headers (every image in full with
 ``full=True``), summarises every mask (one cached streaming pass, see ``mask_stats``), and returns a
 ``DataReport``: problems (each naming its file and the fix), warnings, class pixel frequencies,
 per-image presence and suggested class weights. Training runs it at start-up (fast path: cached
@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from semseg.class_weights import METHODS, ClassCounts, weights_from_counts
+from semseg.data.class_weights import METHODS, ClassCounts, weights_from_counts
 from semseg.data.dataset import (
     INVALID_CODE,
     MASK_PAD_CODE,
@@ -60,7 +60,7 @@ class SplitReport:
 
 @dataclass
 class DataReport:
-    """What ``inspect_dataset`` found; ``ok`` when there are no problems (warnings are allowed)."""
+    """What ``inspect_folder`` found; ``ok`` when there are no problems (warnings are allowed)."""
 
     root: Path
     class_names: list[str]
@@ -293,7 +293,7 @@ def _count_classes(
     return None
 
 
-def inspect_dataset(
+def inspect_folder(
     root: str | Path,
     num_classes: int,
     class_names: Sequence[str] | None = None,
@@ -419,13 +419,13 @@ def _class_warnings(splits: Mapping[str, SplitReport], names: Sequence[str]) -> 
     return warnings
 
 
-def inspect_data_config(data: Mapping, full: bool = False) -> DataReport:
-    """``inspect_dataset`` for a ``data`` config group; generates the synthetic set first if configured
+def inspect_data(data: Mapping, full: bool = False) -> DataReport:
+    """``inspect_folder`` for a ``data`` config group; generates the synthetic set first if configured
     (and ``data.root`` is not one's own folder: ``own_folder_or_synthetic``)."""
     data = own_folder_or_synthetic(data)
     if data.get("synthetic"):
         generate(data["root"], SyntheticSpec(**data["synthetic"]))
-    return inspect_dataset(
+    return inspect_folder(
         data["root"],
         data["num_classes"],
         data.get("class_names"),
@@ -436,11 +436,11 @@ def inspect_data_config(data: Mapping, full: bool = False) -> DataReport:
     )
 
 
-def check_data(data: Mapping, say: bool = True) -> DataReport:
+def inspect_before_training(data: Mapping, say: bool = True) -> DataReport:
     """Training's start-up check: the fast inspection of a ``data`` config; raises ``DataError`` on
     any problem, before any training work. ``say=False`` keeps the warnings out of the log (DDP's
     other ranks: the same findings once, not once per process)."""
-    report = inspect_data_config(data)
+    report = inspect_data(data)
     report.raise_for_problems()
     # The run goes on despite these (an RGBA image losing its alpha, a class without train pixels):
     # said at start-up, not only in data_report.json, so that no conversion passes unseen.

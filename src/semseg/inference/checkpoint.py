@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import pickle
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 
 from semseg.errors import ConfigError
-from semseg.module import SegmentationModule
+from semseg.task.module import SegmentationModule
 
 
 def read_checkpoint(path: str | Path) -> dict:
@@ -46,14 +47,21 @@ def read_checkpoint(path: str | Path) -> dict:
     return checkpoint
 
 
-def load_module(path: str | Path) -> SegmentationModule:
+def load_module(path: str | Path, inference: Mapping | None = None) -> SegmentationModule:
     """The trained module of a checkpoint, on the CPU, in eval mode.
 
     Everything inference needs comes from the checkpoint's hyper-parameters (classes, palette,
     normalisation, channels, ignore index, model and data config).
+
+    Args:
+        path: the checkpoint.
+        inference: an ``inference`` config group replacing the checkpoint's (how its val and
+            test stages see images: eval.py's ``inference=tiled``, say); None keeps training's.
     """
     checkpoint = read_checkpoint(path)
     hparams = dict(checkpoint["hyper_parameters"])
+    if inference is not None:  # in the hyper-parameters, so that the module and its record agree
+        hparams["inference"] = dict(inference)
     # The trained weights replace the encoder's initial ones, so building the network must not
     # fetch pretrained weights (no network here) or read a weights file that may have moved.
     hparams["model"] = {**hparams["model"], "encoder_weights": None}

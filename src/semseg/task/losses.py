@@ -17,10 +17,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from semseg.errors import ConfigError
-from semseg.metrics import boundary_band
+from semseg.task.metrics import boundary_band
 
 MULTICLASS = smp.losses.MULTICLASS_MODE
 TERMS = ("ce", "dice", "focal", "lovasz", "tversky", "boundary_ce")
+# boundary_ce's band width when its config names none (``loss.terms.boundary_ce: 1.0``);
+# conf/loss/boundary_ce.yaml names it, so that ``loss.terms.boundary_ce.width=`` can override it.
+DEFAULT_EDGE_WIDTH = 3
 
 
 class BoundaryWeightedCE(nn.Module):
@@ -42,7 +45,7 @@ class BoundaryWeightedCE(nn.Module):
         self,
         ignore_index: int,
         class_weights: torch.Tensor | None = None,
-        width: int = 3,
+        width: int = DEFAULT_EDGE_WIDTH,
         edge_weight: float = 5.0,
     ):
         super().__init__()

@@ -1,11 +1,13 @@
 """Learning-rate schedule: linear warm-up, then poly or cosine decay, stepped every batch.
 
-Built from torch.optim.lr_scheduler parts; only the choice between them lives here.
+Built from torch.optim.lr_scheduler parts; only the choice between them lives here. The settings'
+values live in conf/scheduler/*.yaml only: a key missing here is an error, never a default of its own.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import ConstantLR, CosineAnnealingLR, LinearLR, LRScheduler, PolynomialLR, SequentialLR
@@ -13,6 +15,16 @@ from torch.optim.lr_scheduler import ConstantLR, CosineAnnealingLR, LinearLR, LR
 from semseg.errors import ConfigError
 
 SCHEDULES = ("poly", "cosine", "constant")
+
+
+def _setting(cfg: Mapping, key: str) -> Any:
+    """``cfg[key]``, or a ConfigError naming ``scheduler.<key>`` and the fix."""
+    if key not in cfg:
+        raise ConfigError(
+            f"scheduler.{key} is missing: set it (+scheduler.{key}=<value> on the command line), or "
+            f"choose a preset of conf/scheduler/ ({', '.join(SCHEDULES)}) that sets it."
+        )
+    return cfg[key]
 
 
 def build_scheduler(optimizer: Optimizer, cfg: Mapping, total_steps: int) -> LRScheduler:
@@ -24,20 +36,23 @@ def build_scheduler(optimizer: Optimizer, cfg: Mapping, total_steps: int) -> LRS
             ramping linearly up from ``warmup_start_factor``), ``power`` (poly), ``min_lr_ratio``
             (cosine floor as a share of the base rate).
         total_steps: optimizer steps of the whole fit (``trainer.estimated_stepping_batches``).
+
+    Raises:
+        ConfigError: a setting the schedule reads is missing, or the name is not a schedule.
     """
-    warmup = min(int(cfg.get("warmup_ratio", 0.0) * total_steps), max(total_steps - 1, 0))
+    warmup = min(int(_setting(cfg, "warmup_ratio") * total_steps), max(total_steps - 1, 0))
     decay_steps = max(total_steps - warmup, 1)
-    match cfg["name"]:
+    match _setting(cfg, "name"):
         case "poly":
-            decay: LRScheduler = PolynomialLR(optimizer, total_iters=decay_steps, power=cfg.get("power", 0.9))
+            decay: LRScheduler = PolynomialLR(optimizer, total_iters=decay_steps, power=_setting(cfg, "power"))
         case "cosine":
             base_lr = optimizer.param_groups[0]["lr"]
-            decay = CosineAnnealingLR(optimizer, T_max=decay_steps, eta_min=base_lr * cfg.get("min_lr_ratio", 0.0))
+            decay = CosineAnnealingLR(optimizer, T_max=decay_steps, eta_min=base_lr * _setting(cfg, "min_lr_ratio"))
         case "constant":
             decay = ConstantLR(optimizer, factor=1.0, total_iters=0)
         case other:
             raise ConfigError(f"scheduler.name={other}: valid schedules are {', '.join(SCHEDULES)}.")
     if warmup == 0:
         return decay
-    ramp = LinearLR(optimizer, start_factor=cfg.get("warmup_start_factor", 0.01), total_iters=warmup)
+    ramp = LinearLR(optimizer, start_factor=_setting(cfg, "warmup_start_factor"), total_iters=warmup)
     return SequentialLR(optimizer, [ramp, decay], milestones=[warmup])

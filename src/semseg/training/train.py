@@ -5,106 +5,34 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import math
 import time
-from collections.abc import Mapping
 from pathlib import Path
 
 import lightning as L
 from hydra.core.hydra_config import HydraConfig
-from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
+from semseg.builders import build_run
 from semseg.callbacks import EpochLog, ModelSummaryWithFlops, StopRanksOnError
-from semseg.class_weights import resolve_class_weights
-from semseg.console import training_summary
 from semseg.data import SegmentationDataModule
-from semseg.data.dataset import resolve_class_names
-from semseg.data.doctor import DataReport, check_data
+from semseg.data.inspection import DataReport
 from semseg.data.sampling import EpochSeeding
 from semseg.data.synthetic import own_folder_groups, own_folder_or_synthetic
-from semseg.distributed import in_multirun, ranks_run_this_job
-from semseg.files import write_json_atomic
-from semseg.loggers import build_logger, finish_logger, run_identity, wandb_run_id
+from semseg.files import json_safe, write_json_atomic
 from semseg.models import count_gflops, count_parameters
-from semseg.module import SegmentationModule
+from semseg.reporting.console import training_summary
+from semseg.run_folder import RunFolder, checkpoint_epoch
+from semseg.task.module import SegmentationModule
 from semseg.trainer_defaults import check_gpus_exist, trainer_kwargs
-from semseg.visualize import checkpoint_epoch
+from semseg.training.checkpoints import build_callbacks, resume_checkpoint
+from semseg.training.distributed import in_multirun, ranks_run_this_job
+from semseg.training.loggers import WandbRunInCheckpoint, build_logger, finish_logger, run_identity, wandb_run_id
 
 log = logging.getLogger(__name__)
-
-# Keys of the data group that are not SegmentationDataModule arguments.
-_DATA_KEYS_FOR_MODULE = ("mean", "std", "palette")
-
-
-def json_safe(metrics: dict[str, float | str]) -> dict[str, float | str | None]:
-    return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in metrics.items()}
-
-
-def build_module(cfg: DictConfig, class_weights: list[float] | None = None) -> SegmentationModule:
-    """The LightningModule described by ``cfg`` (model, loss, optimizer, scheduler, data classes).
-
-    ``class_weights`` are the resolved ``loss.class_weights`` (see ``resolve_class_weights``);
-    they are saved with the module's hyper-parameters, so the checkpoint and the logger hold them.
-    """
-    data = cfg.data
-    normalization = None
-    if data.get("mean") is not None and data.get("std") is not None:
-        normalization = {"mean": list(data.mean), "std": list(data.std)}
-    container = OmegaConf.to_container(cfg, resolve=True)
-    # The checkpoint keeps the data config with an absolute root, so eval.py finds the data from
-    # any working directory.
-    container["data"]["root"] = str(Path(data.root).resolve())
-    return SegmentationModule(
-        model=container["model"],
-        loss=container["loss"],
-        optimizer=container["optimizer"],
-        scheduler=container["scheduler"],
-        num_classes=data.num_classes,
-        class_names=resolve_class_names(data.num_classes, data.get("class_names")),
-        ignore_index=SegmentationDataModule.effective_ignore_index(data.get("ignore_index")),
-        in_channels=data.in_channels,
-        class_weights=class_weights,
-        normalization=normalization,
-        boundary_width=cfg.metrics.boundary_width,
-        palette=container["data"].get("palette"),
-        inference=container.get("inference"),
-        data=container["data"],
-    )
-
-
-def build_datamodule(data: DictConfig | Mapping, seed: int | None = None) -> SegmentationDataModule:
-    """The data module for a ``data`` config (``module`` normalises its batches on the device)."""
-    if isinstance(data, DictConfig):
-        data = OmegaConf.to_container(data, resolve=True)
-    kwargs = {k: v for k, v in data.items() if k not in _DATA_KEYS_FOR_MODULE}
-    return SegmentationDataModule(**kwargs, seed=seed)
-
-
-def build_run(cfg: DictConfig, seed: int) -> tuple[DataReport, SegmentationModule, SegmentationDataModule]:
-    """The data set's report, the module and the data module of a training config.
-
-    The data set is checked first, before any work: a bad file stops here, with its name and fix.
-    """
-    rank_zero = rank_zero_only.rank == 0  # under DDP every rank checks, rank 0 says what it found
-    report = check_data(OmegaConf.to_container(cfg.data, resolve=True), say=rank_zero)
-    class_weights = resolve_class_weights(cfg.loss.get("class_weights"), report.class_names, report.train_counts)
-    if rank_zero:
-        _log_class_weights(cfg.loss.get("class_weights"), report.class_names, class_weights)
-    module = build_module(cfg, class_weights)
-    return report, module, build_datamodule(cfg.data, seed)
-
-
-def _log_class_weights(spec: object, class_names: list[str], weights: list[float] | None) -> None:
-    if weights is not None:
-        named = ", ".join(f"{name} {w:g}" for name, w in zip(class_names, weights, strict=True))
-        source = f" ({spec} from the training masks)" if isinstance(spec, str) else ""
-        log.info(f"loss.class_weights{source}: {named}")
-
 
 # GFLOPs are counted at the training input size, capped at this side so that huge images stay cheap.
 _MAX_FLOPS_SIDE = 1024
@@ -158,6 +86,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     cfg.data = OmegaConf.create(data)
     _suggest_pretrained(cfg)
     output_dir = Path(cfg.output_dir)
+    run = RunFolder(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     seed = L.seed_everything(cfg.seed, workers=True)
     # One line per rank: under DDP every rank must show the same digest (the same job, config).
@@ -166,14 +95,14 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     report, module, datamodule = build_run(cfg, seed)
     if rank_zero_only.rank == 0:
-        write_json_atomic(output_dir / "data_report.json", report.to_json())
+        write_json_atomic(run.data_report, report.to_json())
     ckpt_path = resume_checkpoint(cfg)
     logger = build_logger(cfg.get("logger"), run_identity(cfg), wandb_run_id(ckpt_path))
     try:
         with ranks_run_this_job():
             metrics, run_info = _fit_and_evaluate(cfg, module, datamodule, logger, report, ckpt_path)
     except SIGTERMException:
-        last = output_dir / "checkpoints" / "last.ckpt"
+        last = run.last_checkpoint
         log.warning(
             f"stopped by SIGTERM: the training state is saved in {last}. Run the same command in the same "
             f"run folder to continue (resume=auto), or pass ckpt_path={last}."
@@ -186,36 +115,14 @@ def train(cfg: DictConfig) -> dict[str, float]:
         finish_logger(logger, exit_code=1)
         raise
     if rank_zero_only.rank == 0:
-        write_json_atomic(output_dir / "metrics.json", json_safe(metrics))
-        write_json_atomic(output_dir / "run_info.json", run_info)
+        write_json_atomic(run.metrics, json_safe(metrics))
+        write_json_atomic(run.run_info, run_info)
     sync = finish_logger(logger, summary={"val/miou_best": metrics.get("val/miou"), **run_info}, say_sync=False)
     if rank_zero_only.rank == 0:
         # A multirun's report covers its whole sweep: the jobs' folders are <sweep>/<n>.
         report_folder = output_dir.parent if in_multirun() else output_dir
         log.info(training_summary(output_dir, metrics, run_info, cfg.data.root, report_folder, sync))
     return metrics
-
-
-def _in_run(path: str | Path, output_dir: str | Path) -> str:
-    """``path`` relative to the run folder when inside it (run_info.json stays valid if the folder moves)."""
-    path, output_dir = Path(path).resolve(), Path(output_dir).resolve()
-    return str(path.relative_to(output_dir)) if path.is_relative_to(output_dir) else str(path)
-
-
-def resume_checkpoint(cfg: DictConfig) -> str | None:
-    """The checkpoint training starts from: ``ckpt_path``; else, with ``resume: auto``, the newest
-    of the run folder's ``checkpoints/last.ckpt`` and Lightning's SLURM auto-requeue checkpoints
-    (``hpc_ckpt_<n>.ckpt``, saved on SIGUSR1), when there is one (a requeued or re-run job);
-    else none."""
-    if cfg.get("ckpt_path"):
-        return str(cfg.ckpt_path)
-    run = Path(cfg.output_dir)
-    found = [p for p in (run / "checkpoints" / "last.ckpt", *run.glob("hpc_ckpt_*.ckpt")) if p.is_file()]
-    if cfg.get("resume", "auto") == "auto" and found:
-        newest = max(found, key=lambda p: p.stat().st_mtime_ns)
-        log.info(f"resuming from {newest} (resume=auto; resume=false starts over)")
-        return str(newest)
-    return None
 
 
 def _fit_and_evaluate(
@@ -230,12 +137,13 @@ def _fit_and_evaluate(
 
     Without validation there is no best checkpoint: the final weights are tested, and the metrics
     say so (``validation: off``, ``checkpoint: last``)."""
-    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
+    run = RunFolder(cfg.output_dir)
+    callbacks = build_callbacks(cfg.get("callbacks"), run)
     # Not config choices: resuming replays the same epochs only if every epoch is seeded alike,
     # a failed rank 0 must not leave the other ranks waiting, and the run's record (an epoch's
     # line in train.log) must not depend on which callbacks a config picks.
     epoch_log = EpochLog()
-    callbacks += [EpochSeeding(datamodule.seed), StopRanksOnError(), epoch_log]
+    callbacks += [EpochSeeding(datamodule.seed), StopRanksOnError(), WandbRunInCheckpoint(), epoch_log]
     run_info = _model_cost(module, cfg.data, report)
     kwargs = trainer_kwargs(cfg.trainer, cfg.data)
     if kwargs.pop("enable_model_summary", True):  # Lightning's own would say "Total FLOPs: 0"
@@ -266,9 +174,8 @@ def _fit_and_evaluate(
         # monitor-less last.ckpt after validation when it is not every epoch, so save it here.
         last = next((c for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint) and not c.monitor), None)
         if last is not None:  # every rank: saving has a barrier; rank 0 writes
-            final = Path(last.dirpath) / f"{last.filename}{last.FILE_EXTENSION}"
-            trainer.save_checkpoint(final, weights_only=False)
-            run_info["checkpoint"] = _in_run(final, cfg.output_dir)
+            trainer.save_checkpoint(run.last_checkpoint, weights_only=False)
+            run_info["checkpoint"] = run.relative(run.last_checkpoint)
         log.info("no validation ran: the final weights (checkpoints/last.ckpt) are the result and are tested")
         metrics = {"validation": "off", "checkpoint": "last"}
     else:
@@ -276,7 +183,7 @@ def _fit_and_evaluate(
         # monitored one.
         validated = trainer.validate(module, datamodule=datamodule, ckpt_path=best, verbose=False, weights_only=True)
         metrics.update({k: float(v) for k, v in validated[0].items()})
-        run_info |= {"checkpoint": _in_run(best, cfg.output_dir), "best_epoch": checkpoint_epoch(best)}
+        run_info |= {"checkpoint": run.relative(best), "best_epoch": checkpoint_epoch(best)}
     if cfg.get("run_test", True) and datamodule.has_test_split:
         tested = trainer.test(module, datamodule=datamodule, ckpt_path=best, weights_only=True)
         metrics.update({k: float(v) for k, v in tested[0].items()})

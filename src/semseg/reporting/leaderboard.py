@@ -11,13 +11,16 @@ import csv
 import json
 import math
 import statistics
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
 from semseg.errors import DataError
+from semseg.files import atomic_path
+from semseg.markdown import markdown_table
+from semseg.run_folder import METRICS_FILE, RunFolder
 
 # run_info.json keys shown after the seeds, with their column titles and scales.
 COSTS = {
@@ -72,10 +75,10 @@ def find_runs(folder: str | Path) -> list[Run]:
     """Every run under ``folder`` (itself included), in folder order."""
     folder = Path(folder)
     runs = []
-    for metrics_path in sorted(folder.rglob("metrics.json")):
+    for metrics_path in sorted(folder.rglob(METRICS_FILE)):
         run_dir = metrics_path.parent
         hydra = _read_yaml(run_dir / ".hydra" / "hydra.yaml") or {}
-        config = _read_yaml(run_dir / ".hydra" / "config.yaml") or {}
+        config = _read_yaml(RunFolder(run_dir).hydra_config) or {}
         choices = hydra.get("hydra", {}).get("runtime", {}).get("choices", {})
         runs.append(
             Run(
@@ -84,7 +87,7 @@ def find_runs(folder: str | Path) -> list[Run]:
                 choices={k: str(v) for k, v in choices.items() if not k.startswith("hydra/")},
                 seed=config.get("seed"),
                 metrics=json.loads(metrics_path.read_text()),
-                info=json.loads(info.read_text()) if (info := run_dir / "run_info.json").is_file() else {},
+                info=json.loads(info.read_text()) if (info := RunFolder(run_dir).run_info).is_file() else {},
             )
         )
     if not runs:
@@ -117,12 +120,6 @@ def _cell(row: Row, key: str, scale: float = 1.0, digits: int = 3) -> str:
     return f"{mean * scale:.{digits}f}" + ("" if std is None else f" ± {std * scale:.{digits}f}")
 
 
-def markdown_table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
-    """A Markdown table of string cells."""
-    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
-    return "\n".join([*lines, *("| " + " | ".join(row) + " |" for row in rows)]) + "\n"
-
-
 def to_markdown(rows: Sequence[Row], columns: Sequence[str]) -> str:
     header = ["run", "model", "loss", "seeds", *(title for title, _ in COSTS.values()), *columns]
     lines = []
@@ -143,7 +140,8 @@ def to_markdown(rows: Sequence[Row], columns: Sequence[str]) -> str:
 
 
 def write_csv(path: Path, rows: Sequence[Row], columns: Sequence[str]) -> None:
-    with open(path, "w", newline="") as f:
+    """Writes the leaderboard as CSV, a mean and a std column per metric, atomically (see ``atomic_path``)."""
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.writer(f)
         keys = [*COSTS, *columns]
         writer.writerow(["run", "model", "loss", "seeds", *(f"{c} {s}" for c in keys for s in ("mean", "std"))])
@@ -152,3 +150,28 @@ def write_csv(path: Path, rows: Sequence[Row], columns: Sequence[str]) -> None:
             stats = [v for c in keys for v in row.mean_std(c)]
             seeds = " ".join(str(run.seed) for run in row.runs)
             writer.writerow([row.name, first.get("model", ""), first.get("loss", ""), seeds, *stats])
+
+
+def write_leaderboard(
+    folder: Path, sort: str = "val/miou", output: Path | None = None, images: int = 4, pictures: bool = True
+) -> str:
+    """Writes the leaderboard of the runs under ``folder`` into ``output`` (default: ``folder``):
+    leaderboard.md and leaderboard.csv (ranked by ``sort``), leaderboard.png and, with ``pictures``,
+    predictions.png of ``images`` validation images. Returns what to print: the Markdown table, the
+    notes of runs that could not be drawn, and a summary line."""
+    # Here, not at the top: matplotlib, torch and Lightning take seconds to load, which report.py's
+    # --help (and whoever only reads runs) need not wait for.
+    from semseg.reporting.figures import bar_chart, prediction_grid
+
+    runs = find_runs(folder)
+    rows = leaderboard(runs, sort)
+    columns = metric_columns(runs)
+    output = output or folder
+    markdown = to_markdown(rows, columns)
+    with atomic_path(output / "leaderboard.md") as tmp:
+        tmp.write_text(markdown)
+    write_csv(output / "leaderboard.csv", rows, columns)
+    bar_chart(rows, output / "leaderboard.png")
+    notes = prediction_grid(runs, output / "predictions.png", images) if pictures else []
+    summary = f"{len(runs)} runs in {len(rows)} rows; wrote leaderboard.md, .csv, .png and predictions.png to {output}"
+    return "\n".join([markdown, "\n".join(notes), summary])

@@ -15,10 +15,11 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
-from semseg.checkpoint import load_module
 from semseg.errors import ConfigError
 from semseg.files import atomic_path, staging_path
-from semseg.module import SegmentationModule
+from semseg.inference.checkpoint import load_module
+from semseg.run_folder import RunFolder
+from semseg.task.module import SegmentationModule
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +146,7 @@ def export_smp(module: SegmentationModule, folder: Path, metrics: dict | None) -
     import cv2
     import segmentation_models_pytorch as smp
 
-    net = module.net.net
+    net = module.net.architecture
     if module.hparams.model["arch"].lower() == "fcn":
         raise ConfigError(
             "format=smp: FCN is this repository's own architecture, which smp cannot load; "
@@ -220,7 +221,7 @@ def export(cfg: DictConfig) -> dict:
     if output.exists() and not cfg.overwrite:
         raise ConfigError(f"output={output} exists already; use overwrite=true to replace it, or another output=.")
     module = load_module(cfg.ckpt_path)
-    metrics_file = Path(cfg.ckpt_path).parent.parent / "metrics.json"
+    metrics_file = RunFolder.of_checkpoint(cfg.ckpt_path).metrics
     metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else None
 
     if cfg.format == "smp":

@@ -4,26 +4,24 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import lightning as L
 import numpy as np
 import torch
 from hydra.utils import instantiate
-from lightning.pytorch.loggers import WandbLogger
 from torch import nn
 from torch.optim.lr_scheduler import LRScheduler
 
 from semseg.data.batch import BatchPreparer
+from semseg.data.palette import class_palette
 from semseg.errors import ConfigError, TrainingDiverged
-from semseg.inference import InferenceSettings, predict_logits
-from semseg.loggers import WANDB_RUN_ID_KEY
-from semseg.losses import build_loss
-from semseg.metrics import BoundaryIoU, confusion_matrix_metric, scores_from_confusion
+from semseg.inference.tiling import InferenceSettings, predict_logits
 from semseg.models import build_model, encoder_normalization
-from semseg.schedulers import build_scheduler
-from semseg.visualize import class_palette
+from semseg.run_folder import RunFolder
+from semseg.task.losses import build_loss
+from semseg.task.metrics import BoundaryIoU, confusion_matrix_metric, scores_from_confusion
+from semseg.task.schedulers import build_scheduler
 
 EVAL_STAGES = ("val", "test")
 
@@ -36,20 +34,21 @@ class SegmentationModule(L.LightningModule):
 
     Args:
         model: the ``model`` config group (see ``semseg.models.build_model``).
-        loss: the ``loss`` config group (see ``semseg.losses.build_loss``).
+        loss: the ``loss`` config group (see ``semseg.task.losses.build_loss``).
         optimizer: the ``optimizer`` config group (a ``_target_`` optimizer class and its kwargs).
-        scheduler: the ``scheduler`` config group (see ``semseg.schedulers.build_scheduler``).
+        scheduler: the ``scheduler`` config group (see ``semseg.task.schedulers.build_scheduler``).
         num_classes: number of classes.
         class_names: one name per class, used in metric names.
         ignore_index: target value ignored by loss and metrics.
+        boundary_width: band width in pixels of the boundary IoU metric; no default: the config's
+            ``metrics.boundary_width`` is its one source (a checkpoint's hyper-parameters hold it).
         in_channels: image channels.
         class_weights: per-class weights for the loss terms that take them, or None.
         normalization: ``{"mean": [...], "std": [...]}`` of the inputs (0..1 units); None takes
             the encoder's (see ``semseg.models.encoder_normalization``).
-        boundary_width: band width in pixels of the boundary IoU metric.
-        palette: one ``[R, G, B]`` per class for pictures and colour masks; None: ``semseg.visualize``'s default.
+        palette: one ``[R, G, B]`` per class for pictures and colour masks; None: ``semseg.data.palette``'s default.
         inference: the ``inference`` config group, how val and test see images (whole, tiled,
-            TTA; see ``semseg.inference``).
+            TTA; see ``semseg.inference.tiling``).
         data: the training ``data`` config, kept for inference (input size, label map) and as
             eval.py's default data.
     """
@@ -63,10 +62,10 @@ class SegmentationModule(L.LightningModule):
         num_classes: int,
         class_names: Sequence[str],
         ignore_index: int,
+        boundary_width: int,
         in_channels: int = 3,
         class_weights: Sequence[float] | None = None,
         normalization: Mapping[str, Sequence[float]] | None = None,
-        boundary_width: int = 3,
         palette: Sequence[Sequence[int]] | None = None,
         inference: Mapping | None = None,
         data: Mapping | None = None,
@@ -163,7 +162,7 @@ class SegmentationModule(L.LightningModule):
         if self._nonfinite_losses.item() == 0:
             return
         trainer = self.trainer
-        saved = Path(trainer.default_root_dir) / "checkpoints" / "last.ckpt"
+        saved = RunFolder(trainer.default_root_dir).last_checkpoint
         resume = "Restart with "
         if saved.is_file():
             resume = f"The last good checkpoint is untouched: {saved}; resume from it with ckpt_path={saved} and "
@@ -200,10 +199,6 @@ class SegmentationModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self._stop_if_diverged()  # never overwrite a good checkpoint with NaN weights
-        # The W&B run travels with the checkpoint: resuming from it continues that run.
-        for logger in self.loggers:
-            if isinstance(logger, WandbLogger):
-                checkpoint[WANDB_RUN_ID_KEY] = logger.version
 
     def configure_optimizers(self) -> dict[str, Any]:
         optimizer, scheduler = self.build_optimization(int(self.trainer.estimated_stepping_batches))

@@ -9,14 +9,15 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from lightning.pytorch.loggers import Logger, WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
-from semseg.distributed import in_multirun
-from semseg.network import can_reach
+from semseg.online import can_reach
+from semseg.training.distributed import in_multirun
 
 WANDB_DEFAULT_URL = "https://api.wandb.ai"
 WANDB_RUN_ID_KEY = "wandb_run_id"  # where a checkpoint keeps its W&B run, for resuming it
@@ -108,11 +109,20 @@ def _drop_anonymous(logger: Logger) -> None:
 
 
 def wandb_run_id(checkpoint_path: str | Path | None) -> str | None:
-    """The W&B run id saved in a checkpoint (see ``SegmentationModule.on_save_checkpoint``)."""
+    """The W&B run id saved in a checkpoint (see ``WandbRunInCheckpoint``)."""
     if not checkpoint_path or not Path(checkpoint_path).is_file():
         return None
     checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True, mmap=True)
     return checkpoint.get(WANDB_RUN_ID_KEY)
+
+
+class WandbRunInCheckpoint(L.Callback):
+    """Saves the W&B run's id in every checkpoint: resuming from it continues that run."""
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                checkpoint[WANDB_RUN_ID_KEY] = logger.version
 
 
 def finish_logger(

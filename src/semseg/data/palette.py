@@ -1,11 +1,9 @@
-"""Colours for class masks and the captions of pictures: one palette and one way of saying what a
-picture shows for every picture (report, run folder, W&B, predict)."""
+"""Colours of class masks, one palette for every picture (report, run folder, W&B, predict), and
+normalised images turned back into pixels for display."""
 
 from __future__ import annotations
 
 import functools
-import pickle
-from pathlib import Path
 
 import numpy as np
 
@@ -88,25 +86,3 @@ def to_display(image: np.ndarray, mean: list[float], std: list[float]) -> np.nda
     pixels = image * np.asarray(std)[:channels, None, None] + np.asarray(mean)[:channels, None, None]
     pixels = np.clip(np.rint(pixels * 255.0), 0, 255).astype(np.uint8).transpose(1, 2, 0)
     return np.repeat(pixels, 3, axis=2) if channels == 1 else pixels[..., :3]
-
-
-def picture_title(split: str, epoch: int | None, checkpoint: str | None = None, last: bool = False) -> str:
-    """What a picture shows: "val, epoch 12, best.ckpt", "val, epoch 30 (last)". ``epoch`` counts
-    from 1, as the console, train.log and run_info.json do (Lightning's counter + 1)."""
-    parts = [split]
-    if epoch is not None:
-        parts.append(f"epoch {epoch}" + (" (last)" if last else ""))
-    if checkpoint:
-        parts.append(checkpoint)
-    return ", ".join(parts)
-
-
-def checkpoint_epoch(path: str | Path) -> int | None:
-    """The epoch a Lightning checkpoint was saved at, counted from 1 as the console does (Lightning
-    stores its counter, from 0); None when unreadable. Memory-mapped: the weights are not read."""
-    import torch  # only callers that have checkpoints pay for it
-
-    try:
-        return int(torch.load(path, map_location="cpu", weights_only=True, mmap=True)["epoch"]) + 1
-    except (OSError, RuntimeError, ValueError, KeyError, TypeError, pickle.UnpicklingError):
-        return None

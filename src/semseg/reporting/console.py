@@ -12,6 +12,8 @@ import warnings
 from collections.abc import Mapping
 from pathlib import Path
 
+from semseg.run_folder import RunFolder
+
 # Lightning's rank-zero messages (GPU, tips) go through one of these loggers: the last of the two
 # modules imported sets it for both.
 LIGHTNING_RANK_ZERO_LOGGERS = ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero")
@@ -141,7 +143,8 @@ def training_summary(
         report_folder: the folder for report.py (a multirun's sweep folder); the run by default.
         wandb_sync: the command that uploads an offline W&B run.
     """
-    checkpoint = run / run_info.get("checkpoint", "checkpoints/last.ckpt")
+    folder = RunFolder(run)
+    checkpoint = run / run_info["checkpoint"] if "checkpoint" in run_info else folder.last_checkpoint
     epochs = run_info.get("epochs")
     head = f"training finished: {epochs} epoch{'s' if epochs != 1 else ''} in {duration(run_info['train_time_s'])}"
     if metrics.get("validation") == "off":
@@ -149,11 +152,11 @@ def training_summary(
     elif run_info.get("best_epoch"):
         head += f"; best epoch {run_info['best_epoch']} (val/miou {metrics.get('val/miou', float('nan')):.3f})"
     lines = [head, *_scores_table(metrics)]
-    files = [name for name in ("metrics.json", "run_info.json", "train.log") if (run / name).is_file()]
+    files = [path.name for path in (folder.metrics, folder.run_info, folder.train_log) if path.is_file()]
     lines.append(f"run folder:   {shown(run)}" + (f"  ({', '.join(files)})" if files else ""))
     lines.append(f"checkpoint:   {shown(checkpoint)}")
-    if (run / "pictures").is_dir():
-        lines.append(f"pictures:     {shown(run / 'pictures')}")
+    if folder.pictures.is_dir():
+        lines.append(f"pictures:     {shown(folder.pictures)}")
     lines.append("next:")
     commands = _next_commands(checkpoint, run, Path(data_root), report_folder or run, wandb_sync)
     lines += [f"  {command}" for command in commands]

@@ -14,19 +14,19 @@ from albumentations.pytorch import ToTensorV2
 from omegaconf import DictConfig
 from tqdm import tqdm
 
-from semseg.checkpoint import load_module
 from semseg.data.dataset import IMAGE_EXTENSIONS, index_images, read_image
+from semseg.data.palette import colorize
 from semseg.data.transforms import resize_transform
 from semseg.errors import ConfigError, DataError, Problem, problems_message
 from semseg.files import write_bytes_atomic, write_json_atomic
-from semseg.inference import InferenceSettings, predict_logits
-from semseg.module import SegmentationModule
-from semseg.visualize import colorize
+from semseg.inference.checkpoint import load_module
+from semseg.inference.tiling import InferenceSettings, predict_logits
+from semseg.task.module import SegmentationModule
 
 log = logging.getLogger(__name__)
 
 OUTPUT_KINDS = ("masks", "colour", "overlay")  # subfolders of the output folder
-FAILED_FILE = "failed.json"
+FAILED_IMAGES_FILE = "failed_images.json"  # the images of an input folder that could not be predicted
 
 
 def list_inputs(path: str | Path) -> list[Path]:
@@ -160,8 +160,12 @@ def predict(cfg: DictConfig) -> dict:
     result = {"predicted": len(todo) - len(failed), "skipped": len(plan) - len(todo), "failed": len(failed)}
     print(f"predicted {result['predicted']} image(s) into {output}; {result['skipped']} had outputs already")
     if failed:
-        write_json_atomic(output / FAILED_FILE, {"failed": [{"file": p.file, "error": p.problem} for p in failed]})
+        write_json_atomic(
+            output / FAILED_IMAGES_FILE, {"failed": [{"file": p.file, "error": p.problem} for p in failed]}
+        )
         raise DataError(
-            problems_message(failed, f"{len(failed)} image(s) could not be predicted (see {output / FAILED_FILE}):")
+            problems_message(
+                failed, f"{len(failed)} image(s) could not be predicted (see {output / FAILED_IMAGES_FILE}):"
+            )
         )
     return result

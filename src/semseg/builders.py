@@ -1,0 +1,84 @@
+"""The objects a config describes, built the same way for every entry point: the LightningModule,
+the data module, and training's run (the data inspected first). Training, evaluation, the
+leaderboard's pictures and the benchmark all build through here."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+
+from lightning.pytorch.utilities import rank_zero_only
+from omegaconf import DictConfig, OmegaConf
+
+from semseg.data import SegmentationDataModule
+from semseg.data.class_weights import resolve_class_weights
+from semseg.data.dataset import resolve_class_names
+from semseg.data.inspection import DataReport, inspect_before_training
+from semseg.task.module import SegmentationModule
+
+log = logging.getLogger(__name__)
+
+# Keys of the data group that are not SegmentationDataModule arguments.
+_DATA_KEYS_FOR_MODULE = ("mean", "std", "palette")
+
+
+def build_module(cfg: DictConfig, class_weights: list[float] | None = None) -> SegmentationModule:
+    """The LightningModule described by ``cfg`` (model, loss, optimizer, scheduler, data classes).
+
+    ``class_weights`` are the resolved ``loss.class_weights`` (see ``resolve_class_weights``);
+    they are saved with the module's hyper-parameters, so the checkpoint and the logger hold them.
+    """
+    data = cfg.data
+    normalization = None
+    if data.get("mean") is not None and data.get("std") is not None:
+        normalization = {"mean": list(data.mean), "std": list(data.std)}
+    container = OmegaConf.to_container(cfg, resolve=True)
+    # The checkpoint keeps the data config with an absolute root, so eval.py finds the data from
+    # any working directory.
+    container["data"]["root"] = str(Path(data.root).resolve())
+    return SegmentationModule(
+        model=container["model"],
+        loss=container["loss"],
+        optimizer=container["optimizer"],
+        scheduler=container["scheduler"],
+        num_classes=data.num_classes,
+        class_names=resolve_class_names(data.num_classes, data.get("class_names")),
+        ignore_index=SegmentationDataModule.effective_ignore_index(data.get("ignore_index")),
+        in_channels=data.in_channels,
+        class_weights=class_weights,
+        normalization=normalization,
+        boundary_width=cfg.metrics.boundary_width,
+        palette=container["data"].get("palette"),
+        inference=container.get("inference"),
+        data=container["data"],
+    )
+
+
+def build_datamodule(data: DictConfig | Mapping, seed: int | None = None) -> SegmentationDataModule:
+    """The data module for a ``data`` config (``module`` normalises its batches on the device)."""
+    if isinstance(data, DictConfig):
+        data = OmegaConf.to_container(data, resolve=True)
+    kwargs = {k: v for k, v in data.items() if k not in _DATA_KEYS_FOR_MODULE}
+    return SegmentationDataModule(**kwargs, seed=seed)
+
+
+def build_run(cfg: DictConfig, seed: int) -> tuple[DataReport, SegmentationModule, SegmentationDataModule]:
+    """The data set's report, the module and the data module of a training config.
+
+    The data set is checked first, before any work: a bad file stops here, with its name and fix.
+    """
+    rank_zero = rank_zero_only.rank == 0  # under DDP every rank checks, rank 0 says what it found
+    report = inspect_before_training(OmegaConf.to_container(cfg.data, resolve=True), say=rank_zero)
+    class_weights = resolve_class_weights(cfg.loss.get("class_weights"), report.class_names, report.train_counts)
+    if rank_zero:
+        _log_class_weights(cfg.loss.get("class_weights"), report.class_names, class_weights)
+    module = build_module(cfg, class_weights)
+    return report, module, build_datamodule(cfg.data, seed)
+
+
+def _log_class_weights(spec: object, class_names: list[str], weights: list[float] | None) -> None:
+    if weights is not None:
+        named = ", ".join(f"{name} {w:g}" for name, w in zip(class_names, weights, strict=True))
+        source = f" ({spec} from the training masks)" if isinstance(spec, str) else ""
+        log.info(f"loss.class_weights{source}: {named}")

@@ -1,0 +1,16 @@
+"""Lightning callbacks of semseg, by what they serve: pictures of each validation, progress and the
+per-epoch log line, fault tolerance, the model summary. Configs name them as ``semseg.callbacks.<Class>``."""
+
+from semseg.callbacks.model_summary import ModelSummaryWithFlops
+from semseg.callbacks.pictures import ValidationPictures
+from semseg.callbacks.progress import EpochLog, LossProgressBar
+from semseg.callbacks.resilience import CheckpointOnSigterm, StopRanksOnError
+
+__all__ = [
+    "CheckpointOnSigterm",
+    "EpochLog",
+    "LossProgressBar",
+    "ModelSummaryWithFlops",
+    "StopRanksOnError",
+    "ValidationPictures",
+]
