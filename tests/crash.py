@@ -29,3 +29,16 @@ class RaiseOnRank(L.Callback):
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int) -> None:
         if trainer.global_rank == self.rank and batch_idx == self.batch:
             raise RuntimeError(f"rank {self.rank} failed on purpose")
+
+
+class DamageFileAfterEpoch(L.Callback):
+    """Overwrites ``path`` with a truncated PNG after training epoch ``epoch`` (its checkpoint saved):
+    a data file that becomes unreadable under a running training, after the start-up check."""
+
+    def __init__(self, path: str, epoch: int = 0):
+        self.path, self.epoch = path, epoch
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.current_epoch == self.epoch:
+            with open(self.path, "wb") as file:
+                file.write(b"\x89PNG\r\n\x1a\n cut short")
