@@ -12,7 +12,6 @@ from pathlib import Path
 
 import torch
 
-from semseg.training.checkpoints import resume_checkpoint
 from semseg.training.train import train
 from tests.conftest import CHEAP
 
@@ -100,21 +99,3 @@ def test_a_failing_rank_0_does_not_leave_the_other_ranks_waiting(tiny_root: Path
             os.kill(pid, signal.SIGKILL)
     assert result.returncode != 0 and "rank 0 failed on purpose" in result.stderr, result.stderr[-3000:]
     assert not left
-
-
-def test_resume_auto_picks_the_newest_checkpoint_of_the_run_folder(make_cfg):
-    cfg = make_cfg("resume=auto")
-    run = Path(cfg.output_dir)
-    assert resume_checkpoint(cfg) is None  # a new run
-    last = run / "checkpoints" / "last.ckpt"
-    last.parent.mkdir(parents=True)
-    last.write_bytes(b"epoch end")
-    assert resume_checkpoint(cfg) == str(last)
-    hpc = run / "hpc_ckpt_1.ckpt"  # Lightning's, saved on SLURM's SIGUSR1 after last.ckpt
-    hpc.write_bytes(b"mid-epoch")
-    os.utime(hpc, ns=(last.stat().st_mtime_ns + 10**9,) * 2)
-    assert resume_checkpoint(cfg) == str(hpc)
-    cfg.ckpt_path = "/elsewhere/chosen.ckpt"
-    assert resume_checkpoint(cfg) == "/elsewhere/chosen.ckpt"  # ckpt_path wins
-    cfg.ckpt_path, cfg.resume = None, False
-    assert resume_checkpoint(cfg) is None  # resume=false starts over

@@ -51,7 +51,8 @@ def run_job(main: Callable[..., float | None]) -> Callable[..., float | None]:
     """``exit_on_user_error`` for a single run; in a multirun, a failing job writes ``failed.json``
     into its folder, logs the error and returns None (the Optuna sweeper tells such a trial FAIL;
     NaN would break its tell), so the other jobs run on and ``ReportFailedJobs`` lists the failures
-    at the end."""
+    at the end. A job that succeeds removes the ``failed.json`` an earlier attempt of it left (a
+    requeued job that failed once, then resumed)."""
     single = exit_on_user_error(main)
 
     @functools.wraps(main)
@@ -59,14 +60,22 @@ def run_job(main: Callable[..., float | None]) -> Callable[..., float | None]:
         if not in_multirun():
             return single(*args, **kwargs)
         quiet_upstream_noise()
+        hydra = HydraConfig.get()
+        failed = RunFolder(hydra.runtime.output_dir).failed_job
         try:
-            return main(*args, **kwargs)
+            result = main(*args, **kwargs)
         except Exception as error:
-            hydra = HydraConfig.get()
             message = user_message(error) if isinstance(error, SemsegError) else f"{type(error).__name__}: {error}"
             log.error(f"job {hydra.job.num} failed: {message}\n{traceback.format_exc()}")
             report = {"error": message, "overrides": list(hydra.overrides.task), "traceback": traceback.format_exc()}
-            write_json_atomic(RunFolder(hydra.runtime.output_dir).failed_job, report)
+            try:
+                write_json_atomic(failed, report)
+            except OSError as unwritable:  # a full or read-only disk, likely what failed the job: the sweep goes on
+                log.error(f"job {hydra.job.num}: could not write {failed} ({unwritable}); its error is above")
             return None
+        if failed.exists():  # an earlier attempt of this job (requeued, resumed) failed; this one did not
+            failed.unlink()
+            log.info(f"job {hydra.job.num} succeeded: removed {failed}, left by an earlier attempt that failed")
+        return result
 
     return wrapper

@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import math
 import os
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None
+
+log = logging.getLogger(__name__)
 
 
 @contextmanager
@@ -32,6 +41,45 @@ def staging_path(path: Path) -> Path:
     ``tempfile.mkstemp`` (mode 0600), whatever is written there gets the usual permissions."""
     path.parent.mkdir(parents=True, exist_ok=True)
     return path.parent / f".{path.stem}.{os.getpid()}.{uuid.uuid4().hex[:8]}{path.suffix}"
+
+
+@contextmanager
+def lock_making(target: Path) -> Iterator[None]:
+    """Holds an exclusive lock on making ``target`` for the block (``fcntl.flock`` on a hidden
+    ``.<name>.lock`` beside it), so that of several processes making the same thing at once (a
+    sweep's jobs, DDP's ranks) one makes it and the others wait, then find it made.
+
+    The kernel releases the lock of a process that dies, so a crashed holder never blocks the others,
+    and the lock file is removed when its holder leaves the block. Exclusion is best effort: where
+    the lock cannot be had (a read-only folder, a filesystem without locks) the block runs unlocked,
+    and after a holder that failed, a newcomer may lock a new file beside a waiter on the removed one.
+    So the lock only saves duplicate work, and callers stay correct without it: they check inside the
+    block whether ``target`` was made while they waited, and accept another process's result when
+    renaming theirs into place finds one there.
+    """
+    path = target.parent / f".{target.name}.lock"
+    fd, held = None, False
+    try:
+        # Where no lock is to be had (Windows has no flock; see above), the block runs unlocked.
+        with contextlib.suppress(OSError):
+            if fcntl is not None:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)  # writable: NFS locks exclusively only then
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    log.info(f"{target}: another process is making it; waiting for it")
+                    fcntl.flock(fd, fcntl.LOCK_EX)
+                held = True
+        yield
+    finally:
+        # Removed so that no lock files stay behind: processes waiting on it still get it in turn,
+        # and those that come later find ``target`` made (or, if making it failed, lock a new file).
+        if held:
+            with contextlib.suppress(OSError):
+                path.unlink()
+        if fd is not None:
+            os.close(fd)  # releases the lock
 
 
 def write_json_atomic(path: Path, payload: dict) -> None:

@@ -1,9 +1,11 @@
-"""Hydra callbacks: credentials refused before anything is saved; the end-of-sweep report of the
-jobs that failed."""
+"""Hydra callbacks: credentials refused before anything is saved; an output folder that cannot be
+made or written refused before any work; the end-of-sweep report of the jobs that failed."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -11,6 +13,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from semseg.errors import FULL_DISK
 from semseg.run_folder import FAILED_JOB_FILE
 from semseg.secrets import find_secrets, secrets_message
 
@@ -34,6 +37,57 @@ class RefuseSecrets(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         self._check(config)
+
+
+class CheckOutputFolder(Callback):
+    """Stops a run (a sweep) whose folder, ``hydra.run.dir`` (``hydra.sweep.dir``), cannot be made or
+    written: one line naming it, the reason and the fix, exit 2, before Hydra makes it and before any
+    work; otherwise Hydra's own ``mkdir`` fails with a traceback, or the run fails at its first save.
+
+    Reading the folder's name here resolves its ``${now:...}`` once: OmegaConf caches the value in
+    the config, so Hydra makes the same folder.
+    """
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        _refuse_unwritable(Path(config.hydra.run.dir), "hydra.run.dir", "outputs/my_run")
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        _refuse_unwritable(Path(config.hydra.sweep.dir), "hydra.sweep.dir", "multirun/my_sweep")
+
+
+def _refuse_unwritable(folder: Path, key: str, example: str) -> None:
+    problem = _unwritable(folder)
+    if problem is None:
+        return
+    reason, full = problem
+    fix = "free space there, or point" if full else "point"
+    print(
+        f"error: cannot write the output folder {folder} ({key}): {reason}. Fix: {fix} {key} at a folder you can "
+        f"write (e.g. {key}={example}).",
+        file=sys.stderr,
+    )
+    sys.exit(2)
+
+
+def _unwritable(folder: Path) -> tuple[str, bool] | None:
+    """Why ``folder`` cannot be made or written, and whether for want of space; None when it can.
+
+    Makes ``folder`` (Hydra would next) and writes a probe file into it, removed at once: permission
+    bits, read-only mounts, ACLs and quotas all show only when one tries.
+    """
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    if not existing.is_dir():
+        return f"{existing} is a file, not a folder", False
+    probe = folder / f".semseg-write-probe.{os.getpid()}"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"probe")
+        probe.unlink()
+    except OSError as error:
+        with contextlib.suppress(OSError):  # a full disk may have let the probe be made, empty
+            probe.unlink(missing_ok=True)
+        return f"{(error.strerror or str(error)).lower()} ({error.filename or folder})", error.errno in FULL_DISK
+    return None
 
 
 class ReportFailedJobs(Callback):

@@ -6,8 +6,11 @@
 - ``benchmark: null``: cuDNN's autotuner on when every batch has one size (``data.crop_size`` or
   ``data.image_size`` set); with varying sizes it would re-tune at every new shape.
 - fp32 matmuls may use TF32 (``torch.set_float32_matmul_precision("high")``) on a GPU.
+- In a SLURM job of submitit (``hydra/launcher=slurm``), Lightning's SLURM auto-requeue off
+  (``slurm_plugins``, for the Trainer's ``plugins``): submitit requeues.
 
-Lightning has none of these as defaults (32-true, benchmark off, "highest"), hence this module.
+Lightning has none of these as defaults (32-true, benchmark off, "highest", its own requeueing),
+hence this module.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import os
 from collections.abc import Mapping
 
 import torch
+from lightning.fabric.plugins.environments import ClusterEnvironment, SLURMEnvironment
 from omegaconf import DictConfig, OmegaConf
 
 from semseg.errors import ConfigError
@@ -41,6 +45,27 @@ def trainer_kwargs(trainer: DictConfig | Mapping, data: DictConfig | Mapping | N
     if cuda:
         torch.set_float32_matmul_precision("high")
     return kwargs
+
+
+def slurm_plugins() -> list[ClusterEnvironment]:
+    """``[SLURMEnvironment(auto_requeue=False)]`` in a SLURM job that submitit runs
+    (``SUBMITIT_EXECUTOR=slurm``), else none: Lightning's own choice of environment stands.
+
+    One owner per requeue, so that the signal handlers do not compete:
+
+    - pre-emption (``scontrol requeue``, a partition's ``PreemptMode=REQUEUE``): SLURM requeues the
+      job itself and sends SIGTERM; Lightning's clean stop saves last.ckpt and the requeued job resumes;
+    - the time limit: submitit requeues (its SIGUSR2, ``hydra.launcher.signal_delay_s`` before the
+      limit, at most ``max_num_timeout`` times) and re-runs the job, which resumes from last.ckpt.
+
+    Lightning's auto-requeue would be a second, uncounted requeuer (on SIGUSR1, for a job submitted
+    with ``--signal=USR1``), and it chains a SIGTERM handler that only logs "Bypassing SIGTERM" to
+    submitit's that logs the same. Its SIGTERM notifier, which turns the signal into a clean stop,
+    stays: it does not depend on ``auto_requeue``.
+    """
+    if os.environ.get("SUBMITIT_EXECUTOR") != "slurm":
+        return []
+    return [SLURMEnvironment(auto_requeue=False)]
 
 
 def check_gpus_exist(trainer: Mapping) -> None:

@@ -4,7 +4,7 @@ per-epoch log line, fault tolerance, the model summary. Configs name them as ``s
 from semseg.callbacks.model_summary import ModelSummaryWithFlops
 from semseg.callbacks.pictures import ValidationPictures
 from semseg.callbacks.progress import EpochLog, LossProgressBar
-from semseg.callbacks.resilience import CheckpointOnSigterm, StopRanksOnError
+from semseg.callbacks.resilience import CheckpointOnSigterm, StopRanksOnError, VerifiedCheckpoint
 
 __all__ = [
     "CheckpointOnSigterm",
@@ -13,4 +13,5 @@ __all__ = [
     "ModelSummaryWithFlops",
     "StopRanksOnError",
     "ValidationPictures",
+    "VerifiedCheckpoint",
 ]

@@ -88,6 +88,8 @@ class LossProgressBar(TQDMProgressBar):
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         super().on_train_start(trainer, pl_module)
+        # Also here: resuming mid-epoch, Lightning skips on_train_epoch_start for that epoch.
+        self._epoch_started = self._last_line = time.monotonic()
         if self.is_enabled:
             # While the bar is drawn, log records (EpochLog's lines, Lightning's) are written above
             # it through tqdm, instead of into its line.

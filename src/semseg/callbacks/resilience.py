@@ -1,15 +1,22 @@
-"""Callbacks that keep a run's state through faults: a checkpoint when SIGTERM stops the run, and
-no DDP rank left waiting when the process that started them fails."""
+"""Callbacks that keep a run's state through faults: a checkpoint when SIGTERM stops the run, the
+previous last.ckpt until a new one is verified, and no DDP rank left waiting when the process that
+started them fails."""
 
 from __future__ import annotations
 
+import logging
+import os
 import signal
 from pathlib import Path
 
 import lightning as L
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from semseg.lightning_private import is_subprocess_launcher
+from semseg.run_folder import checkpoint_problem, previous_checkpoint
+
+log = logging.getLogger(__name__)
 
 
 class CheckpointOnSigterm(L.Callback):
@@ -50,3 +57,66 @@ class StopRanksOnError(L.Callback):
         launcher = trainer.strategy.launcher
         if is_subprocess_launcher(launcher) and not isinstance(exception, SIGTERMException):
             launcher.kill(signal.SIGKILL)
+
+
+class VerifiedCheckpoint(ModelCheckpoint):
+    """A ``ModelCheckpoint`` that keeps the file it overwrites (``last.ckpt`` as ``last-prev.ckpt``)
+    until the new one is saved and loads back (``semseg.run_folder.checkpoint_problem``); when it
+    does not, the previous one stays and ``resume: auto`` takes it.
+
+    Lightning's own save is already atomic for local files (written to a temporary file, then moved
+    into place by an fsspec transaction; training's ``CheckpointBeside`` keeps that move a rename on
+    the run folder's file system), so a crash while saving leaves the old file whole. What this
+    guards against is damage that comes without an error: a network or FUSE file system, a sync
+    tool or a full quota that leaves the renamed file short. The check reads the zip's directory and
+    the pickled structure, not all the weights, so it costs milliseconds. The hard link keeps the old
+    file because the new one arrives by rename, as a new file; a save that copied over last.ckpt in
+    place would cut the linked one short too.
+
+    Only global rank 0 touches the files, as Lightning's own saving does; the other ranks need not
+    wait for it, since no rank reads these files during training (``trainer.save_checkpoint``
+    already holds every rank at its barrier until rank 0 has written).
+    """
+
+    def _save_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
+        target = Path(filepath)
+        previous = previous_checkpoint(target)
+        if trainer.is_global_zero:
+            _keep_as_previous(target, previous)
+        try:
+            super()._save_checkpoint(trainer, filepath)
+        finally:  # also when the save failed (a diverged loss stops training before it writes)
+            if trainer.is_global_zero and previous.exists():
+                _drop_previous_once_verified(target, previous)
+
+
+def _keep_as_previous(target: Path, previous: Path) -> None:
+    """Keeps ``target`` as ``previous``: a hard link (``target`` stays in place for readers and
+    costs no space), or a rename where the file system has no hard links. A damaged ``target`` is not
+    kept: a ``previous`` from a save that failed its check is the good one."""
+    if not target.is_file() or checkpoint_problem(target) is not None:
+        return
+    previous.unlink(missing_ok=True)
+    try:
+        os.link(target, previous)
+    except OSError:
+        os.replace(target, previous)
+
+
+def _drop_previous_once_verified(target: Path, previous: Path) -> None:
+    """Removes ``previous`` when ``target`` is the new checkpoint and loads back; when the save
+    failed before writing, the previous one is ``target`` again."""
+    if not target.exists():  # kept by a rename
+        os.replace(previous, target)
+        return
+    if os.path.samefile(target, previous):  # kept by a hard link
+        previous.unlink()
+        return
+    problem = checkpoint_problem(target)
+    if problem is None:
+        previous.unlink()
+    else:
+        log.warning(
+            f"the checkpoint just saved, {target}, does not load back ({problem}); the previous one is kept as "
+            f"{previous}, which resume=auto takes when {target.name} is damaged"
+        )

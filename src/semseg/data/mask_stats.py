@@ -3,8 +3,10 @@
 The histogram is of the *stored* values, before label_map, so one cache serves every label_map,
 ignore_index and num_classes: class counts are a table lookup away. The cache maps each mask file
 (path relative to the data root, byte size, modification time) to its summary, so a second run
-reads no mask, and a changed or replaced file is read again. Nothing in torch, torchmetrics or
-albumentations counts a data set's stored mask values, hence this module.
+reads no mask, and a changed or replaced file is read again. Of several processes that need the
+same root's summaries at once (a sweep's jobs, DDP's ranks), one reads the masks and the others
+wait for its cache. Nothing in torch, torchmetrics or albumentations counts a data set's stored
+mask values, hence this module.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import numpy as np
 from semseg.data.cores import data_parallelism
 from semseg.data.dataset import is_palette_png, read_mask
 from semseg.errors import DataError
-from semseg.files import cache_dir, write_json_atomic
+from semseg.files import cache_dir, lock_making, write_json_atomic
 
 CACHE_VERSION = 1
 MAX_COLOURS = 8  # distinct colours kept for a colour mask: enough to explain it
@@ -100,21 +102,31 @@ def summarize_masks(root: Path, paths: Sequence[Path]) -> list[MaskSummary]:
     summaries stay in memory, never the masks.
     """
     cache_path = _cache_file(root)
-    cached = _load_cache(cache_path)
-    keys, todo = [], []
+    keys = []
     for path in paths:
         stat = path.stat()
-        key = f"{path.relative_to(root).as_posix()}|{stat.st_size}|{stat.st_mtime_ns}"
-        keys.append(key)
-        if key not in cached:
-            todo.append((key, path))
-    if todo or len(cached) != len(keys):
-        with ThreadPoolExecutor(data_parallelism()) as pool:
-            for (key, _), summary in zip(todo, pool.map(summarize_mask, [p for _, p in todo]), strict=True):
-                cached[key] = asdict(summary)
-        cached = {key: cached[key] for key in keys}  # drop entries of changed or removed files
-        try:
-            write_json_atomic(cache_path, {"version": CACHE_VERSION, "root": str(root.resolve()), "files": cached})
-        except OSError as error:  # a read-only home: work on, uncached
-            warnings.warn(f"could not write the mask cache {cache_path}: {error}", stacklevel=2)
+        keys.append(f"{path.relative_to(root).as_posix()}|{stat.st_size}|{stat.st_mtime_ns}")
+    cached = _load_cache(cache_path)
+    if cached.keys() != set(keys):
+        with lock_making(cache_path):
+            cached = _update_cache(cache_path, root, keys, paths)
     return [MaskSummary(**cached[key]) for key in keys]
+
+
+def _update_cache(cache_path: Path, root: Path, keys: list[str], paths: Sequence[Path]) -> dict:
+    """The cache's entries for ``keys`` (of ``paths``): the missing ones summarised, the others'
+    dropped, written back. Each process writes a whole file of its own and renames it into place, so
+    processes that write at once leave one whole cache (the same entries) and never fail."""
+    cached = _load_cache(cache_path)  # another process may have written it while this one waited
+    if cached.keys() == set(keys):
+        return cached
+    todo = [(key, path) for key, path in zip(keys, paths, strict=True) if key not in cached]
+    with ThreadPoolExecutor(data_parallelism()) as pool:
+        for (key, _), summary in zip(todo, pool.map(summarize_mask, [p for _, p in todo]), strict=True):
+            cached[key] = asdict(summary)
+    cached = {key: cached[key] for key in keys}  # drop entries of changed or removed files
+    try:
+        write_json_atomic(cache_path, {"version": CACHE_VERSION, "root": str(root.resolve()), "files": cached})
+    except OSError as error:  # a read-only home: work on, uncached
+        warnings.warn(f"could not write the mask cache {cache_path}: {error}", stacklevel=3)
+    return cached

@@ -10,7 +10,8 @@ The layout is a street: sky above a horizon, a skyline of buildings with windows
 perspective with lane marks, pavements, trees, cars, poles and people, each a class of the mask.
 
 Written like the synthetic set: into a staging folder renamed into place (never half a data set),
-with a manifest, so a second call with the same spec returns at once.
+with a manifest, so a second call with the same spec returns at once, and processes generating it at
+the same moment share one copy.
 """
 
 from __future__ import annotations

@@ -37,7 +37,7 @@ from semseg.data.cores import data_parallelism
 from semseg.data.dataset import MaskEncoder, read_image, read_mask
 from semseg.data.transforms import resize_transform
 from semseg.errors import ConfigError, DataError
-from semseg.files import cache_dir, staging_path
+from semseg.files import cache_dir, lock_making, staging_path
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +147,13 @@ class PackedSamples:
 
     @classmethod
     def load(cls, folder: Path) -> PackedSamples:
-        """Memory-maps a saved cache: pages are read on first use and shared between processes."""
+        """Memory-maps a saved cache: pages are read on first use and shared between processes.
+
+        Raises:
+            FileNotFoundError: there is no cache in ``folder``, or it was removed while being read
+                (``_make_room``): the index is read last, so a cache gone half-way through never
+                passes for an unlabelled split's.
+        """
         masks = folder / "masks.npy"
         return cls(
             np.load(folder / "images.npy", mmap_mode="r"),
@@ -194,41 +200,72 @@ def sample_source(source: FileSamples, mode: str, max_gb: float, name: str) -> F
 
 def _disk_cache(source: FileSamples, max_gb: float, name: str) -> tuple[PackedSamples, str]:
     """The split's disk cache: reused when its key matches, else built into a staging folder and
-    renamed into place (an interrupted build leaves no cache that looks whole)."""
+    renamed into place (an interrupted build leaves no cache that looks whole). Of several processes
+    that need the same cache at once (DDP's ranks, a sweep's jobs), one builds it while the others
+    wait (``lock_making``), then map it."""
     root = cache_dir() / "samples"
     folder = root / source.key()
-    if not (folder / "index.npy").exists():
+    with contextlib.suppress(FileNotFoundError):  # not built yet, or removed by another process making room
+        return _reuse(folder), str(folder)
+    with lock_making(folder):
+        with contextlib.suppress(FileNotFoundError):  # built by another process while this one waited
+            return _reuse(folder), str(folder)
         _make_room(root, source.estimated_bytes(), max_gb)
-        staging = staging_path(folder)
-        staging.mkdir(parents=True)
-        try:
-            PackedSamples.decode(source).save(staging)
-            os.replace(staging, folder)
-        except OSError as error:
-            if not (folder / "index.npy").exists():  # another rank or run may have just built it
-                raise DataError(
-                    f"{name}: could not write the sample cache {folder}: {error}. "
-                    "Free space there, set SEMSEG_CACHE_DIR elsewhere, or data.cache=memory/off."
-                ) from error
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
+        return _build(source, folder, name), str(folder)
+
+
+def _reuse(folder: Path) -> PackedSamples:
+    """Maps the cache in ``folder``; FileNotFoundError when there is none (see ``PackedSamples.load``)."""
     with contextlib.suppress(OSError):  # a read-only cache folder is still readable
         os.utime(folder)  # recently used: the last to be removed when room is needed
-    return PackedSamples.load(folder), str(folder)
+    return PackedSamples.load(folder)
+
+
+def _build(source: FileSamples, folder: Path, name: str) -> PackedSamples:
+    """Decodes ``source`` into ``folder`` (through a staging folder) and maps it."""
+    staging = staging_path(folder)
+    staging.mkdir()
+    try:
+        PackedSamples.decode(source).save(staging)
+        # Mapped before the rename: the mapping stays valid whatever becomes of the folder next
+        # (another process making room for its own cache may remove it at once).
+        packed = PackedSamples.load(staging)
+        os.replace(staging, folder)
+    except OSError as error:
+        try:
+            packed = _reuse(folder)  # built by another process that could not see our lock
+        except FileNotFoundError:
+            raise DataError(
+                f"{name}: could not write the sample cache {folder}: {error}. "
+                "Free space there, set SEMSEG_CACHE_DIR elsewhere, or data.cache=memory/off."
+            ) from error
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)  # gone already when renamed into place
+    return packed
 
 
 def _make_room(root: Path, needed: int, max_gb: float) -> None:
     """Removes the least recently used caches under ``root`` until ``needed`` more bytes fit in
-    ``max_gb``. Only folders this module wrote live there."""
-    if not root.is_dir():
-        return
-    # Hidden folders are caches being built (staging_path): never removed under a writer.
-    caches = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")]
-    caches.sort(key=lambda p: p.stat().st_mtime)
-    sizes = {p: sum(f.stat().st_size for f in p.iterdir()) for p in caches}
-    total = sum(sizes.values())
-    for cache in caches:
+    ``max_gb``. Only folders this module wrote live there.
+
+    Other processes may be reading or removing caches meanwhile: a cache is renamed to a hidden name
+    before it is deleted, so a process mapping it finds all of its files or none (and builds it
+    again), and one that has mapped it reads on from the deleted files (as POSIX keeps them while
+    mapped); a cache that another process removed first is passed over.
+    """
+    caches: dict[Path, tuple[float, int]] = {}  # mtime, bytes
+    for cache in root.iterdir() if root.is_dir() else ():
+        # Hidden entries are caches being built or deleted (staging_path) and lock files: never touched.
+        if cache.name.startswith(".") or not cache.is_dir():
+            continue
+        with contextlib.suppress(FileNotFoundError):  # removed by another process meanwhile
+            caches[cache] = (cache.stat().st_mtime, sum(f.stat().st_size for f in cache.iterdir()))
+    total = sum(size for _, size in caches.values())
+    for cache in sorted(caches, key=lambda c: caches[c][0]):
         if total + needed <= max_gb * 2**30:
             break
-        shutil.rmtree(cache, ignore_errors=True)
-        total -= sizes[cache]
+        doomed = staging_path(cache)
+        with contextlib.suppress(OSError):  # removed by another process first, or a read-only folder
+            cache.rename(doomed)
+            shutil.rmtree(doomed, ignore_errors=True)
+        total -= caches[cache][1]

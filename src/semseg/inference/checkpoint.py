@@ -2,49 +2,32 @@
 
 from __future__ import annotations
 
-import pickle
 from collections.abc import Mapping
 from pathlib import Path
 
-import torch
-
 from semseg.errors import ConfigError
+from semseg.run_folder import UnusableCheckpoint, open_checkpoint
 from semseg.task.module import SegmentationModule
 
 
 def read_checkpoint(path: str | Path) -> dict:
-    """The checkpoint's contents, loaded with ``weights_only=True``.
+    """The checkpoint's contents, loaded with ``weights_only=True`` (memory-mapped: a tensor's data is
+    read when the module takes it).
 
     A weights-only load unpickles tensors, numbers, strings and containers only, so a checkpoint
     from elsewhere cannot run code when it is opened.
 
     Raises:
-        ConfigError: no such file, not a checkpoint, objects other than weights, or a checkpoint
-            without the hyper-parameters semseg saves.
+        ConfigError: no such file, damaged or truncated, objects other than weights, or a checkpoint
+            without the hyper-parameters semseg saves; in one line naming the file.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(
-            f"ckpt_path={path}: no such file. A training run keeps its checkpoints in "
-            "<run folder>/checkpoints/ (best.ckpt, last.ckpt)."
-        )
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
+        return open_checkpoint(path, ("state_dict", "hyper_parameters"))
+    except UnusableCheckpoint as error:
         raise ConfigError(
-            f"ckpt_path={path}: refused to load: the file holds Python objects besides weights, and "
-            f"loading them could run code from the file ({str(error).splitlines()[0]})."
+            f"ckpt_path={path}: {error}. Use a checkpoint written by scripts/train.py: a training run keeps them "
+            "in <run folder>/checkpoints/ (best.ckpt, last.ckpt)."
         ) from error
-    except (RuntimeError, EOFError, OSError, ValueError) as error:
-        raise ConfigError(
-            f"ckpt_path={path}: not a readable PyTorch checkpoint (truncated or another format): {error}"
-        ) from error
-    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint or "hyper_parameters" not in checkpoint:
-        raise ConfigError(
-            f"ckpt_path={path}: not a semseg training checkpoint (it lacks state_dict or hyper_parameters); "
-            "use a checkpoints/*.ckpt file written by scripts/train.py."
-        )
-    return checkpoint
 
 
 def load_module(path: str | Path, inference: Mapping | None = None) -> SegmentationModule:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from pathlib import Path
+from contextlib import nullcontext
 
 import lightning as L
 from hydra.core.hydra_config import HydraConfig
@@ -27,10 +27,12 @@ from semseg.models import count_gflops, count_parameters
 from semseg.reporting.console import training_summary
 from semseg.run_folder import RunFolder, checkpoint_epoch
 from semseg.task.module import SegmentationModule
-from semseg.trainer_defaults import check_gpus_exist, trainer_kwargs
-from semseg.training.checkpoints import build_callbacks, resume_checkpoint
+from semseg.trainer_defaults import check_gpus_exist, slurm_plugins, trainer_kwargs
+from semseg.training.checkpoints import CheckpointBeside, build_callbacks, resume_checkpoint
 from semseg.training.distributed import in_multirun, ranks_run_this_job
 from semseg.training.loggers import WandbRunInCheckpoint, build_logger, finish_logger, run_identity, wandb_run_id
+from semseg.training.output_faults import output_faults
+from semseg.training.run_lock import run_lock
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +78,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
     Returns:
         The best checkpoint's ``val/*`` metrics and, when a labelled test split exists, its
         ``test/*`` metrics; also written to ``<output_dir>/metrics.json``.
+
+    Raises:
+        ConfigError: another live process is training into the same run folder (``run_lock``).
+        OutputError: the run folder's disk or quota is full, or it became read-only or not writable.
     """
     check_gpus_exist(cfg.trainer)  # before any output: asking for absent GPUs is a config error
     command_line = _command_line()
@@ -85,18 +91,28 @@ def train(cfg: DictConfig) -> dict[str, float]:
             cfg[group] = OmegaConf.create(config)
     cfg.data = OmegaConf.create(data)
     _suggest_pretrained(cfg)
-    output_dir = Path(cfg.output_dir)
-    run = RunFolder(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
+    run = RunFolder(cfg.output_dir)
+    with output_faults(run):
+        run.root.mkdir(parents=True, exist_ok=True)
+        # Rank 0 owns the run: under DDP every rank calls train() with the same folder.
+        with run_lock(run) if rank_zero_only.rank == 0 else nullcontext():
+            return _train_into(run, cfg)
+
+
+def _train_into(run: RunFolder, cfg: DictConfig) -> dict[str, float]:
+    """``train`` once the run folder is made and this process holds it."""
+    output_dir = run.root
     seed = L.seed_everything(cfg.seed, workers=True)
     # One line per rank: under DDP every rank must show the same digest (the same job, config).
     digest = hashlib.sha1(OmegaConf.to_yaml(cfg, resolve=True).encode()).hexdigest()[:12]
     log.info(f"rank {rank_zero_only.rank}: config digest {digest}, output {output_dir}")
 
+    # Before the data: a missing or damaged ckpt_path stops here, and resume=auto sets a damaged
+    # checkpoint aside (inside the run's lock: it moves files).
+    ckpt_path = resume_checkpoint(cfg)
     report, module, datamodule = build_run(cfg, seed)
     if rank_zero_only.rank == 0:
         write_json_atomic(run.data_report, report.to_json())
-    ckpt_path = resume_checkpoint(cfg)
     logger = build_logger(cfg.get("logger"), run_identity(cfg), wandb_run_id(ckpt_path))
     try:
         with ranks_run_this_job():
@@ -152,6 +168,7 @@ def _fit_and_evaluate(
         **kwargs,
         enable_model_summary=False,
         callbacks=callbacks,
+        plugins=[CheckpointBeside(), *slurm_plugins()],
         logger=logger,
         default_root_dir=str(cfg.output_dir),
     )
