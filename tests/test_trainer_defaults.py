@@ -80,3 +80,32 @@ def test_train_stops_before_writing_anything_when_the_gpu_is_absent(make_cfg, mo
     with pytest.raises(ConfigError, match=r"trainer\.accelerator=gpu"):
         train(cfg)
     assert not Path(cfg.output_dir).exists()
+
+
+def test_every_trainer_argument_is_a_key_and_null_ones_take_lightnings_defaults():
+    import inspect
+
+    import lightning as L
+
+    from_run = {"self", "logger", "callbacks", "plugins", "default_root_dir"}  # semseg passes these
+    arguments = set(inspect.signature(L.Trainer.__init__).parameters) - from_run
+    cfg = compose_cfg(["trainer.fast_dev_run=true", "trainer.val_check_interval=0.5"])  # no + needed
+    assert set(cfg.trainer) == arguments
+    kwargs = trainer_kwargs(cfg.trainer, cfg.data)
+    assert kwargs["fast_dev_run"] is True and kwargs["val_check_interval"] == 0.5
+    assert "overfit_batches" not in kwargs and "detect_anomaly" not in kwargs  # null: not passed
+    with pytest.raises(ConfigError, match=r"trainer\.fast_dev_rn is not a lightning\.Trainer argument; did you mean "):
+        trainer_kwargs({**cfg.trainer, "fast_dev_rn": True})
+
+
+@pytest.mark.parametrize("preset", ["default", "fdr", "limit", "overfit", "profiler"])
+def test_debug_presets_train_on_the_cpu_without_a_logger(make_cfg, preset: str):
+    composed = compose_cfg([f"debug={preset}"])
+    assert composed.trainer.accelerator == "cpu" and not composed.logger and composed.trainer.detect_anomaly
+    # The tests' cheap settings (logger=csv among them) are given on the command line, which wins.
+    cfg = make_cfg(f"debug={preset}", "trainer.max_epochs=1" if preset in ("overfit", "limit") else "seed=0")
+    metrics = train(cfg)
+    assert "test/miou" in metrics
+    run = Path(cfg.output_dir)
+    if preset == "profiler":
+        assert "Profiler Report" in (run / "fit-profiler.txt").read_text()

@@ -19,12 +19,15 @@ import os
 from collections.abc import Mapping
 
 import torch
+from hydra.utils import instantiate
 from lightning.fabric.plugins.environments import ClusterEnvironment, SLURMEnvironment
 from omegaconf import DictConfig, OmegaConf
 
 from semseg.errors import ConfigError
 
 GPU_ACCELERATORS = ("auto", "gpu", "cuda")
+# Trainer arguments whose null semseg resolves itself (see the module docstring).
+SEMSEG_RESOLVED = ("benchmark",)
 
 
 def uses_cuda(trainer: Mapping) -> bool:
@@ -35,6 +38,11 @@ def uses_cuda(trainer: Mapping) -> bool:
 def trainer_kwargs(trainer: DictConfig | Mapping, data: DictConfig | Mapping | None = None) -> dict:
     """``cfg.trainer`` as keyword arguments of ``lightning.Trainer``, ``auto``/``null`` resolved."""
     kwargs = OmegaConf.to_container(trainer, resolve=True) if isinstance(trainer, DictConfig) else dict(trainer)
+    # conf/trainer/default.yaml lists every Trainer argument; null ones take Lightning's default.
+    kwargs = {k: v for k, v in kwargs.items() if v is not None or k in SEMSEG_RESOLVED}
+    _check_arguments(kwargs)
+    if isinstance(kwargs.get("profiler"), Mapping):  # a profiler's _target_ entry (debug=profiler)
+        kwargs["profiler"] = instantiate(kwargs["profiler"])
     check_gpus_exist(kwargs)
     cuda = uses_cuda(kwargs)
     if kwargs.get("precision", "auto") == "auto":
@@ -45,6 +53,22 @@ def trainer_kwargs(trainer: DictConfig | Mapping, data: DictConfig | Mapping | N
     if cuda:
         torch.set_float32_matmul_precision("high")
     return kwargs
+
+
+def _check_arguments(kwargs: Mapping) -> None:
+    """A key that is not a ``lightning.Trainer`` argument (``+trainer.fast_dev_rn=true``) is named
+    with the closest one, instead of Lightning's TypeError traceback."""
+    import difflib
+    import inspect
+
+    import lightning as L
+
+    valid = set(inspect.signature(L.Trainer.__init__).parameters) - {"self"}
+    for key in kwargs:
+        if key not in valid:
+            close = difflib.get_close_matches(key, valid, n=1)
+            hint = f"; did you mean trainer.{close[0]}?" if close else " (conf/trainer/default.yaml lists them)."
+            raise ConfigError(f"trainer.{key} is not a lightning.Trainer argument{hint}")
 
 
 def slurm_plugins() -> list[ClusterEnvironment]:
