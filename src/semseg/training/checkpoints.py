@@ -21,7 +21,7 @@ from omegaconf import DictConfig
 from semseg.callbacks import CheckpointOnSigterm
 from semseg.errors import ConfigError
 from semseg.files import atomic_path
-from semseg.run_folder import BEST, LAST, RunFolder, checkpoint_epoch, checkpoint_problem
+from semseg.run_folder import BEST, LAST, RunFolder, UnusableCheckpoint, checkpoint_problem, open_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -79,9 +79,13 @@ def resume_checkpoint(cfg: DictConfig) -> str | None:
         return None
     damaged = []
     for candidate in _resume_candidates(run):
-        problem = checkpoint_problem(candidate)
+        try:
+            # One cheap read both checks the file and gives its epoch (counted from 1, as the console).
+            epoch = f"epoch {int(open_checkpoint(candidate)['epoch']) + 1}"
+            problem = None
+        except UnusableCheckpoint as error:
+            problem = str(error)
         if problem is None:
-            epoch = f"epoch {checkpoint_epoch(candidate)}"
             if damaged:
                 names = " and ".join(path.name for path in damaged)
                 log.warning(
