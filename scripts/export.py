@@ -4,7 +4,7 @@
 import hydra
 from omegaconf import DictConfig
 
-from semseg.cli import exit_on_user_error
+from semseg.cli import exit_if_extras_missing, exit_on_user_error
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="export")
@@ -16,4 +16,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    exit_if_extras_missing()
     main()

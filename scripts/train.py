@@ -3,7 +3,7 @@
 import hydra
 from omegaconf import DictConfig
 
-from semseg.cli import run_job
+from semseg.cli import exit_if_extras_missing, run_job
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
@@ -18,4 +18,5 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
+    exit_if_extras_missing()
     main()

@@ -23,6 +23,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "semseg.lightning_private",
             "semseg.online",
             "semseg.secrets",
+            "semseg.extras",
         ),
     ),
     ("data and models", ("semseg.data", "semseg.models", "semseg.inference.tiling")),

@@ -3,33 +3,17 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys
 from pathlib import Path
 
 import cv2
-import pytest
 import yaml
 
 from semseg.reporting.leaderboard import find_runs, leaderboard
 from tests import wandb_records
-from tests.conftest import CHEAP
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def run_sweep(sweep: Path, tiny_root: Path, swept: list[str], *overrides: str, cwd: Path | None = None, **env: str):
-    """`scripts/train.py -m <swept>` on the tiny data set, cheap, writing the sweep into ``sweep``.
-
-    ``overrides`` come after the cheap defaults, so they win over them (``trainer=ddp_cpu``)."""
-    tiny = [*CHEAP, f"data.root={tiny_root}", "data.synthetic=null"]
-    return subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "train.py"), "-m", *swept, f"hydra.sweep.dir={sweep}", *tiny,
-         *overrides],
-        capture_output=True, text=True, timeout=900, cwd=cwd, env=os.environ | {"HYDRA_FULL_ERROR": "1"} | env,
-    )  # fmt: skip
+from tests.sweeps import ROOT, run_sweep
 
 
 def test_compare_losses_runs_one_job_per_loss(tiny_root: Path, tmp_path: Path):
@@ -175,35 +159,3 @@ def test_submitit_runs_the_sweep_through_its_local_executor(tiny_root: Path, tmp
         assert f"loss={loss}" in yaml.safe_load((sweep / job / ".hydra" / "overrides.yaml").read_text())
         assert json.loads((sweep / job / "metrics.json").read_text())["val/miou"] >= 0
     assert list((sweep / ".submitit").iterdir())  # submitit's own job folders: it ran them
-
-
-def test_optuna_search_survives_a_failed_trial(tiny_root: Path, tmp_path: Path):
-    # The shipped search, plus a parameter that makes some trials fail: 2 classes do not fit the
-    # 5-class masks, so those trials stop at the data check.
-    extra = tmp_path / "conf" / "hparams_search"
-    extra.mkdir(parents=True)
-    (extra / "optuna_with_failures.yaml").write_text(
-        "# @package _global_\ndefaults:\n  - optuna\n"
-        "hydra:\n  sweeper:\n    n_trials: 4\n    params:\n      data.num_classes: choice(2, 5)\n"
-    )
-    sweep = tmp_path / "sweep"
-    result = run_sweep(
-        sweep,
-        tiny_root,
-        [],
-        "trainer.limit_train_batches=1",
-        "run_test=false",
-        "data.class_names=null",
-        f"hydra.searchpath=[file://{tmp_path / 'conf'}]",
-        "hparams_search=optuna_with_failures",
-        "hydra.sweeper.sampler.seed=6",
-    )
-    jobs = sorted(p.parent for p in sweep.rglob(".hydra"))
-    failed = [job for job in jobs if (job / "failed.json").exists()]
-    assert len(jobs) == 4, result.stderr[-3000:]  # every trial ran
-    assert failed and len(failed) < 4
-    assert all("data.num_classes=2" in json.loads((job / "failed.json").read_text())["overrides"] for job in failed)
-    best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
-    scores = [json.loads((job / "metrics.json").read_text())["val/miou"] for job in jobs if job not in failed]
-    assert best["best_value"] == pytest.approx(max(scores))
-    assert result.returncode == 1 and f"{len(failed)} of 4 jobs failed" in result.stderr

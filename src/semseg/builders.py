@@ -15,6 +15,9 @@ from semseg.data import SegmentationDataModule
 from semseg.data.class_weights import resolve_class_weights
 from semseg.data.dataset import resolve_class_names
 from semseg.data.inspection import DataReport, inspect_before_training
+from semseg.models import ARCHITECTURES
+from semseg.models.pretrained import replaced_keys, resolve_from_pretrained, start_from
+from semseg.run_folder import RunFolder
 from semseg.task.module import SegmentationModule
 
 log = logging.getLogger(__name__)
@@ -37,8 +40,8 @@ def build_module(cfg: DictConfig, class_weights: list[float] | None = None) -> S
     # The checkpoint keeps the data config with an absolute root, so eval.py finds the data from
     # any working directory.
     container["data"]["root"] = str(Path(data.root).resolve())
-    return SegmentationModule(
-        model=container["model"],
+    module = SegmentationModule(
+        model=_model_config(container["model"]),
         loss=container["loss"],
         optimizer=container["optimizer"],
         scheduler=container["scheduler"],
@@ -53,6 +56,54 @@ def build_module(cfg: DictConfig, class_weights: list[float] | None = None) -> S
         inference=container.get("inference"),
         data=container["data"],
     )
+    _start_from_earlier_weights(cfg, module)
+    return module
+
+
+def _model_config(model: dict) -> dict:
+    """The ``model`` config, with the architecture of ``model.from_pretrained`` when it names one
+    (saved so as the module's hyper-parameters: its checkpoints describe the network)."""
+    if not model.get("from_pretrained"):
+        return model
+    resolved = resolve_from_pretrained(model, ARCHITECTURES)
+    if rank_zero_only.rank == 0:
+        replaced = replaced_keys(model, resolved)
+        log.info(
+            f"model.from_pretrained={model['from_pretrained']}: the network is its {resolved['arch']} on "
+            f"{resolved['encoder_name']}" + (f"; ignored: {', '.join(replaced)}" if replaced else "")
+        )
+    return resolved
+
+
+def _start_from_earlier_weights(cfg: DictConfig, module: SegmentationModule) -> None:
+    """Loads ``model.init_from``'s or ``model.from_pretrained``'s weights, unless training resumes:
+    the checkpoint's weights then replace every tensor, and the files need not exist any more."""
+    model = module.hparams.model
+    key = "init_from" if model.get("init_from") else "from_pretrained" if model.get("from_pretrained") else None
+    if key is None:
+        return
+    if _resumes(cfg):
+        if rank_zero_only.rank == 0:
+            log.info(f"model.{key} is not loaded: training resumes from a checkpoint, with its weights")
+        return
+    line, _ = start_from(module.net, model, module.hparams.in_channels)
+    if rank_zero_only.rank == 0:
+        log.info(line)
+
+
+def _resumes(cfg: DictConfig) -> bool:
+    """Whether training continues from a checkpoint: ``ckpt_path``, or ``resume: auto`` with one of
+    the run folder's checkpoints there (train() calls ``resume_checkpoint`` before building the
+    module, which sets the damaged ones aside)."""
+    output_dir = OmegaConf.select(cfg, "output_dir", default=None, throw_on_resolution_failure=False)
+    run = RunFolder(output_dir) if output_dir else None
+    if cfg.get("ckpt_path"):
+        # Lightning's ckpt_path=last without a last.ckpt warns and starts over
+        return not (cfg.ckpt_path == "last" and run is not None and not run.last_checkpoint.is_file())
+    if cfg.get("resume", "auto") != "auto" or run is None:
+        return False
+    candidates = [run.last_checkpoint, run.previous_last_checkpoint, run.best_checkpoint]
+    return any(path.is_file() for path in [*candidates, *run.slurm_requeue_checkpoints()])
 
 
 def build_datamodule(data: DictConfig | Mapping, seed: int | None = None) -> SegmentationDataModule:

@@ -13,6 +13,7 @@ from typing import TypeVar
 from hydra.core.hydra_config import HydraConfig
 
 from semseg.errors import SemsegError
+from semseg.extras import check_command_line
 from semseg.files import write_json_atomic
 from semseg.reporting.console import quiet_upstream_noise
 from semseg.run_folder import RunFolder
@@ -45,6 +46,17 @@ def exit_on_user_error(main: Callable[..., T]) -> Callable[..., T]:
             sys.exit(2)
 
     return wrapper
+
+
+def exit_if_extras_missing(overrides: list[str] | None = None) -> None:
+    """Before Hydra reads the command line: a choice that needs an extra that is not installed
+    (``hydra/launcher=slurm``, ``logger=mlflow``, ...) prints one line with the install command and
+    exits 2, as a config error does (``semseg.extras``)."""
+    try:
+        check_command_line(sys.argv[1:] if overrides is None else overrides)
+    except SemsegError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
 
 
 def run_job(main: Callable[..., float | None]) -> Callable[..., float | None]:

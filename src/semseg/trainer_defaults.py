@@ -8,6 +8,8 @@
 - fp32 matmuls may use TF32 (``torch.set_float32_matmul_precision("high")``) on a GPU.
 - In a SLURM job of submitit (``hydra/launcher=slurm``), Lightning's SLURM auto-requeue off
   (``slurm_plugins``, for the Trainer's ``plugins``): submitit requeues.
+- Training refuses ``ddp_spawn`` and the other strategies that start their ranks anew for each
+  stage (``refuse_spawned_ranks``): rank 0's state would not survive fit.
 
 Lightning has none of these as defaults (32-true, benchmark off, "highest", its own requeueing),
 hence this module.
@@ -90,6 +92,33 @@ def slurm_plugins() -> list[ClusterEnvironment]:
     if os.environ.get("SUBMITIT_EXECUTOR") != "slurm":
         return []
     return [SLURMEnvironment(auto_requeue=False)]
+
+
+def refuse_spawned_ranks(trainer: Mapping) -> None:
+    """Raises ``ConfigError`` for a strategy that starts its ranks anew for each of fit, validate and
+    test (``ddp_spawn``, ``ddp_fork``, ``ddp_notebook`` and their variants).
+
+    Such ranks bring back only the weights and the metrics: whatever rank 0 kept while fitting is
+    lost with its process. Lightning's CSV logger, which no longer knows the columns it wrote,
+    fails at the first validation after fit ("dict contains fields not in fieldnames"), and the
+    run's own records come out wrong (0 epochs, no epoch lines in train.log, empty training curves).
+    ``ddp`` keeps rank 0 in this process and has none of that.
+    """
+    strategy = trainer.get("strategy", "auto")
+    if not isinstance(strategy, str):  # a strategy's _target_ entry: the user's own
+        return
+    from lightning.pytorch.strategies import StrategyRegistry
+
+    if strategy not in StrategyRegistry:  # auto, or a name Lightning's own error will name
+        return
+    # The entry, not StrategyRegistry.get(), which builds the strategy.
+    start_method = StrategyRegistry[strategy]["init_params"].get("start_method", "popen")
+    if start_method != "popen":
+        raise ConfigError(
+            f"trainer.strategy={strategy} restarts the ranks for each of fit, validate and test, losing rank 0's "
+            "state (loggers, epochs, pictures): use trainer.strategy=ddp (trainer=ddp_cpu on the CPU, trainer=ddp "
+            "on GPUs)."
+        )
 
 
 def check_gpus_exist(trainer: Mapping) -> None:

@@ -8,6 +8,12 @@ confusion matrix, the per-class IoU and the training curves (with the learning r
 picture's title (and each W&B caption) says what it shows: "val, epoch 12" while training,
 "val, epoch 12, best.ckpt" for the best checkpoint validated after it. Lightning has no callback
 for segmentation pictures, hence this one.
+
+TensorBoard and MLflow get the PNGs, each time they are drawn: neither overlays masks itself, so a
+picture that names the classes has to be drawn first, by matplotlib (about a second, which is what
+``png_every_n_epochs`` spares); TensorBoard as images at the step (``pictures/<name>``; the best
+checkpoint's as ``pictures/best/<name>``), MLflow as artifacts (``pictures/epoch_012/``,
+``pictures/best/``).
 """
 
 from __future__ import annotations
@@ -17,10 +23,11 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.loggers import Logger, MLFlowLogger, TensorBoardLogger, WandbLogger
 from lightning.pytorch.trainer.states import TrainerFn
 
 from semseg.data.palette import to_display
@@ -54,7 +61,8 @@ class ValidationPictures(L.Callback):
         seed: seed of the choice of fixed images.
         png_every_n_epochs: how often training redraws the PNGs (matplotlib takes about a second);
             the last epoch and the validation of the best checkpoint after training always do.
-            W&B gets its pictures every epoch (no drawing needed).
+            W&B gets its pictures every epoch (no drawing needed); TensorBoard and MLflow get
+            the PNGs when they are drawn.
     """
 
     def __init__(self, num_images: int = 8, worst_k: int = 4, seed: int = 0, png_every_n_epochs: int = 10):
@@ -153,9 +161,10 @@ class ValidationPictures(L.Callback):
             if isinstance(logger, WandbLogger):
                 self._log_wandb(logger, trainer.global_step, examples, hp, confusion, title)
         if self._draw_pngs(trainer):
-            self._draw(
-                RunFolder(trainer.default_root_dir).pictures, examples, hp, confusion, metrics, title, checkpoint
-            )
+            folder = RunFolder(trainer.default_root_dir).pictures
+            drawn = self._draw(folder, examples, hp, confusion, metrics, title, checkpoint)
+            where = f"epoch_{trainer.current_epoch + 1:03d}" if checkpoint is None else Path(checkpoint[0]).stem
+            send_pictures(trainer.loggers, drawn, trainer.global_step, where, checkpoint is not None)
 
     @staticmethod
     def _shown_weights(trainer: L.Trainer) -> tuple[str, tuple[str, int | None] | None]:
@@ -183,13 +192,18 @@ class ValidationPictures(L.Callback):
         metrics: dict,
         title: str,
         checkpoint: tuple[str, int | None] | None,
-    ) -> None:
-        """The PNGs, each titled ``title`` (what was validated) and what it shows."""
+    ) -> list[Path]:
+        """The PNGs, each titled ``title`` (what was validated) and what it shows; returns their paths."""
         from semseg.reporting import run_pictures  # matplotlib is imported only when pictures are drawn
 
         folder.mkdir(parents=True, exist_ok=True)
         classes = run_pictures.Classes(hp.class_names, np.asarray(hp.palette, np.uint8), hp.ignore_index)
-        save = run_pictures.save_figure
+        drawn: list[Path] = []
+
+        def save(figure, path: Path) -> None:
+            run_pictures.save_figure(figure, path)
+            drawn.append(path)
+
         if examples:
             save(run_pictures.overlay_grid(examples, classes, f"{title}: fixed examples"), folder / "val_examples.png")
         if self.worst:
@@ -201,6 +215,7 @@ class ValidationPictures(L.Callback):
         save(run_pictures.per_class_iou(metrics, classes, f"{title}: per-class IoU"), folder / "per_class_iou.png")
         curves = run_pictures.training_curves(self.history, self.learning_rates, checkpoint)
         save(curves, folder / "training_curves.png")
+        return drawn
 
     def _log_wandb(self, logger: WandbLogger, step: int, examples: list[Shown], hp, confusion, title: str) -> None:
         """One W&B history row: examples and worst images with their masks (W&B's overlay names the
@@ -231,3 +246,22 @@ class ValidationPictures(L.Callback):
                 "wandb/confusion_matrix/v1", table, fields, {"title": f"{title}: confusion matrix"}
             )
         logger.experiment.log({**row, "trainer/global_step": step})
+
+
+def send_pictures(loggers: list[Logger], paths: list[Path], step: int, where: str, after_fit: bool) -> None:
+    """The PNGs just drawn, to the loggers that keep pictures and cannot draw W&B's overlays.
+
+    TensorBoard: an image per picture at ``step``, ``pictures/<name>`` while training (a slider over
+    the epochs drawn) and ``pictures/<where>/<name>`` for a checkpoint validated after it (the
+    best), which shares the last epoch's step. MLflow: artifacts under ``pictures/<where>/``
+    (``epoch_012``, ``best``), so each drawing stays; uploaded when the store is a server.
+    """
+    for logger in loggers:
+        if isinstance(logger, TensorBoardLogger):
+            for path in paths:
+                tag = f"pictures/{where}/{path.stem}" if after_fit else f"pictures/{path.stem}"
+                picture = cv2.cvtColor(cv2.imread(str(path), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+                logger.experiment.add_image(tag, picture, step, dataformats="HWC")
+        elif isinstance(logger, MLFlowLogger):
+            for path in paths:
+                logger.experiment.log_artifact(logger.run_id, str(path), f"pictures/{where}")

@@ -16,8 +16,10 @@ from omegaconf import DictConfig
 from torch import nn
 
 from semseg.errors import ConfigError
+from semseg.extras import require_extra
 from semseg.files import atomic_path, staging_path
 from semseg.inference.checkpoint import load_module
+from semseg.models.vit import plain_vit_patch
 from semseg.run_folder import RunFolder
 from semseg.task.module import SegmentationModule
 
@@ -152,6 +154,14 @@ def export_smp(module: SegmentationModule, folder: Path, metrics: dict | None) -
             "format=smp: FCN is this repository's own architecture, which smp cannot load; "
             "use format=onnx or format=torch_export."
         )
+    patch = plain_vit_patch(module.hparams.model.get("encoder_name", ""))
+    if patch is not None and patch != 16:
+        # smp 0.6 builds DPT's resize blocks for 16-pixel patches; semseg rebuilds them for others
+        # (models.vit.fit_dpt_to_patch), which smp.from_pretrained would not do on loading.
+        raise ConfigError(
+            f"format=smp: smp cannot load a DPT on {patch}-pixel patches as it was trained; "
+            "use format=onnx or format=torch_export."
+        )
     mean, std = module.normalization
     steps = []
     size = (module.hparams.get("data") or {}).get("image_size")
@@ -217,6 +227,8 @@ def export(cfg: DictConfig) -> dict:
             else ""
         )
         raise ConfigError(f"format={cfg.format}: choose one of {', '.join(FORMATS)}{hint}.")
+    if cfg.format == "onnx":
+        require_extra("export", "format=onnx")
     output = _output_path(cfg)
     if output.exists() and not cfg.overwrite:
         raise ConfigError(f"output={output} exists already; use overwrite=true to replace it, or another output=.")

@@ -14,7 +14,14 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from semseg.errors import ConfigError
 from semseg.models.fcn import FCN, VARIANTS
-from semseg.models.weights import check_hub_weights, encoder_normalization, load_local_encoder, looks_like_path
+from semseg.models.vit import check_encoder_fits, dpt_side_multiple, fit_dpt_to_patch, plain_vit_patch
+from semseg.models.weights import (
+    check_hub_weights,
+    encoder_normalization,
+    load_local_encoder,
+    looks_like_path,
+    timm_weights_file,
+)
 
 __all__ = ["ARCHITECTURES", "SegmentationNet", "build_model", "encoder_normalization"]
 
@@ -98,6 +105,10 @@ def architecture_kwargs(cfg: Mapping) -> dict[str, Any]:
         case "segformer":
             wide = cfg["encoder_name"] in SEGFORMER_WIDE_ENCODERS
             kwargs["decoder_segmentation_channels"] = cfg.get("decoder_channels") or (768 if wide else 256)
+        case "dpt":
+            # timm's ViTs otherwise take only their pretraining size (224, or DINOv2's 518); with
+            # it they interpolate the position embeddings to any grid of patches.
+            kwargs["dynamic_img_size"] = True
     return kwargs | dict(cfg.get("kwargs") or {})
 
 
@@ -109,14 +120,23 @@ def build_model(cfg: Mapping, in_channels: int, num_classes: int) -> Segmentatio
             ``encoder_weights`` (``imagenet`` or another smp weight name, null, or a local file),
             the architecture's own keys (``variant``; ``output_stride``, ``atrous_rates``;
             ``decoder_channels``), ``channels_last`` and ``kwargs`` passed to the architecture.
+            ``init_from`` and ``from_pretrained`` are training's (``semseg.models.pretrained``): the
+            network is built here as the config describes, with its encoder's initial weights.
         in_channels: image channels.
         num_classes: output classes.
     """
     architecture = _architecture(cfg["arch"])
+    arch = cfg["arch"].lower()
+    check_encoder_fits(arch, cfg["encoder_name"])
     kwargs = architecture_kwargs(cfg)
     weights = cfg.get("encoder_weights")
     local_file = Path(weights) if weights and looks_like_path(str(weights)) else None
-    if weights and local_file is None:
+    if local_file and plain_vit_patch(cfg["encoder_name"]):
+        # timm reads ViT weight files itself (its own and Meta's DINOv2 format), resampling the
+        # position embeddings and adapting the patch embedding to in_channels.
+        kwargs |= timm_weights_file(local_file)
+        local_file = None
+    elif weights and local_file is None:
         check_hub_weights(cfg["encoder_name"], weights)
     try:
         net = architecture(
@@ -135,9 +155,20 @@ def build_model(cfg: Mapping, in_channels: int, num_classes: int) -> Segmentatio
             f"model.encoder_weights={weights}: could not fetch the pretrained weights ({error}). "
             "Use model.encoder_weights=null to train from scratch, or a local weights file."
         ) from error
+    except RuntimeError as error:  # timm's load of a ViT weights file that does not fit the model
+        if "pretrained_cfg_overlay" not in kwargs:
+            raise
+        gist = "; ".join(line.strip() for line in str(error).splitlines()[:2])
+        raise ConfigError(
+            f"model.encoder_weights={weights} does not fit encoder {cfg['encoder_name']}: {gist}"
+        ) from error
     if local_file:
         load_local_encoder(net, local_file, in_channels)
-    stride = int(getattr(net.encoder, "output_stride", 32))
+    if arch == "dpt":
+        fit_dpt_to_patch(net)
+        stride = dpt_side_multiple(net)
+    else:
+        stride = int(getattr(net.encoder, "output_stride", 32))
     return SegmentationNet(net, stride=stride, channels_last=bool(cfg.get("channels_last", False)))
 
 

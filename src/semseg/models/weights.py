@@ -43,13 +43,17 @@ def _encoder_state(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]
     return dict(state)
 
 
-def load_local_encoder(model: nn.Module, path: Path, in_channels: int) -> None:
-    """Loads a local weights file into ``model.encoder`` (built for 3 channels), then adapts it."""
+def _require_file(path: Path) -> None:
     if not path.is_file():
         raise ConfigError(
             f"model.encoder_weights={path}: no such file. Give an existing weights file, 'imagenet', "
             "or null to train from scratch."
         )
+
+
+def load_local_encoder(model: nn.Module, path: Path, in_channels: int) -> None:
+    """Loads a local weights file into ``model.encoder`` (built for 3 channels), then adapts it."""
+    _require_file(path)
     try:
         model.encoder.load_state_dict(_encoder_state(_load_state_dict(path)))
     except (RuntimeError, KeyError) as error:
@@ -61,17 +65,49 @@ def load_local_encoder(model: nn.Module, path: Path, in_channels: int) -> None:
         model.encoder.set_in_channels(in_channels, pretrained=True)
 
 
-def check_hub_weights(encoder_name: str, weights: str) -> None:
-    """Fails fast with a clear message when hub weights are neither cached nor reachable."""
+def timm_weights_file(path: Path) -> dict:
+    """The timm arguments that load a local weights file in place of the hub's (an encoder's kwargs):
+    timm converts the file's format and adapts it to the model (used for plain ViTs)."""
+    _require_file(path)
+    return {"pretrained_cfg_overlay": {"file": str(path)}}
+
+
+def hub_files_at_hand(repo_id: str, filenames: Sequence[str], revision: str | None = None) -> bool:
+    """Whether the hub's files can be had: the hub is reachable, or they are all in the local cache
+    (then the hub client is switched offline, to read the cache without minutes of retries)."""
+    if can_reach(HUB_HOST):
+        return True
+    cached = all(isinstance(try_to_load_from_cache(repo_id, name, revision=revision), str) for name in filenames)
+    if cached:
+        hf_constants.HF_HUB_OFFLINE = True
+    return cached
+
+
+def _hub_location(encoder_name: str, weights: str) -> tuple[str, str, str | None] | None:
+    """The hub repository, file and revision of an encoder's pretrained weights; None when not on the hub."""
+    if encoder_name.startswith("tu-"):  # timm's own hub repositories (timm/<model>.<tag>)
+        import timm
+
+        try:
+            config = timm.models.get_pretrained_cfg(encoder_name[3:])
+        except RuntimeError:  # an unknown pretrained tag: timm names it when building
+            return None
+        if not (config and config.hf_hub_id):
+            return None
+        return config.hf_hub_id, config.hf_hub_filename or "model.safetensors", None
     settings = smp.encoders.encoders.get(encoder_name, {}).get("pretrained_settings", {}).get(weights)
     if settings is None:
-        return  # smp itself names the valid weights (or it is a timm 'tu-' encoder)
-    cached = try_to_load_from_cache(settings["repo_id"], "model.safetensors", revision=settings["revision"])
-    if isinstance(cached, str):
-        if not can_reach(HUB_HOST):
-            hf_constants.HF_HUB_OFFLINE = True  # use the cache without minutes of retries
+        return None  # smp itself names the valid weights
+    return settings["repo_id"], "model.safetensors", settings["revision"]
+
+
+def check_hub_weights(encoder_name: str, weights: str) -> None:
+    """Fails fast with a clear message when hub weights are neither cached nor reachable."""
+    location = _hub_location(encoder_name, weights)
+    if location is None:
         return
-    if not can_reach(HUB_HOST):
+    repo_id, filename, revision = location
+    if not hub_files_at_hand(repo_id, [filename], revision):
         raise ConfigError(
             f"model.encoder_weights={weights}: the {encoder_name} weights are not in the local cache "
             f"and {HUB_HOST} cannot be reached. Train from scratch with model.encoder_weights=null, "

@@ -23,10 +23,13 @@ LIGHTNING_RANK_ZERO_LOGGERS = ("lightning.pytorch.utilities.rank_zero", "lightni
 _LIGHTNING_CHATTER = ("💡 Tip: For seamless cloud logging", "Loading `train_dataloader` to estimate number of stepping")
 # Warnings about code we do not own and that need no action from the user: Lightning 2.6's own
 # pytree helper uses torch's deprecated LeafSpec; and the module's on_after_batch_transfer (the
-# batches' normalisation on the device) is meant to be used with the data module, which has none.
+# batches' normalisation on the device) is meant to be used with the data module, which has none;
+# weight averaging (+callbacks=ema) warns of sharded layers whenever a module has configure_model,
+# and the module's only compiles (no sharding), so there is no memory to run out of.
 _UPSTREAM_WARNINGS = (
     (FutureWarning, r"`isinstance\(treespec, LeafSpec\)` is deprecated"),
     (UserWarning, r"You have overridden `on_after_batch_transfer` in `LightningModule` but have passed in a"),
+    (UserWarning, r"You're using the WeightAveraging callback with a model that overrides the configure_model"),
 )
 
 # The headline scores of the summary: metric name (as the module logs it) and its title.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -10,7 +11,9 @@ import lightning as L
 import numpy as np
 import torch
 from hydra.utils import instantiate
+from lightning.pytorch.utilities import rank_zero_only
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from torch.optim.lr_scheduler import LRScheduler
 
 from semseg.data.batch import BatchPreparer
@@ -21,9 +24,12 @@ from semseg.models import build_model, encoder_normalization
 from semseg.run_folder import RunFolder
 from semseg.task.losses import build_loss
 from semseg.task.metrics import BoundaryIoU, confusion_matrix_metric, scores_from_confusion
+from semseg.task.param_groups import FineTuning, logged_learning_rates, optimizer_arguments, parameter_groups
 from semseg.task.schedulers import build_scheduler
 
 EVAL_STAGES = ("val", "test")
+
+log = logging.getLogger(__name__)
 
 
 class SegmentationModule(L.LightningModule):
@@ -73,6 +79,7 @@ class SegmentationModule(L.LightningModule):
         super().__init__()
         self.save_hyperparameters()
         self.net = build_model(model, in_channels, num_classes)
+        self._fine_tuning()  # a bad fine-tuning setting stops here, before any work
         if normalization is None:
             mean, std = encoder_normalization(model, in_channels)
             self.hparams["normalization"] = {"mean": mean, "std": std}
@@ -105,6 +112,52 @@ class SegmentationModule(L.LightningModule):
         if option and not self._compiled:
             self.net.compile(**({} if option is True else dict(option)))
             self._compiled = True
+
+    def _encoder(self) -> nn.Module | None:
+        """The network's encoder (smp's architectures and semseg's FCN call it ``encoder``), or None."""
+        return getattr(self.net.architecture, "encoder", None)
+
+    def _fine_tuning(self) -> FineTuning:
+        """The checked ``model.freeze_encoder``, ``optimizer.encoder_lr_mult`` and ``no_decay_norm_bias``."""
+        return FineTuning.from_config(self.hparams.model, self.hparams.optimizer, self._encoder() is not None)
+
+    def train(self, mode: bool = True) -> SegmentationModule:
+        """As ``nn.Module.train``, but a frozen encoder (no parameter of it trains) stays in eval mode,
+        whoever switches the module to training: its BatchNorm statistics stay the ones it was frozen
+        with, and its features the ones the decoder learns from (no dropout)."""
+        super().train(mode)
+        encoder = self._encoder()
+        if mode and encoder is not None and not any(p.requires_grad for p in encoder.parameters()):
+            encoder.eval()
+        return self
+
+    # Not Lightning's BaseFinetuning: its unfreeze_and_add_param_group adds the encoder's group to the
+    # optimizer mid-run, a group the warm-up and decay schedule (built with the optimizer) does not
+    # cover. Here the encoder's group is in the optimizer from the start (semseg.task.param_groups),
+    # and its parameters get no gradient until their epoch, so the optimizer skips them until then.
+    def _freeze_encoder_as_scheduled(self, set_mode: bool) -> None:
+        """Freezes or unfreezes the encoder as ``model.freeze_encoder`` says for the current epoch:
+        ``requires_grad``, and with ``set_mode`` its train/eval mode. Nothing without the setting."""
+        settings = self._fine_tuning()
+        if settings.freeze_encoder is False:
+            return
+        frozen = settings.encoder_frozen_at(self.current_epoch)
+        encoder = self._encoder()
+        encoder.requires_grad_(not frozen)
+        if set_mode:
+            encoder.train(self.training and not frozen)
+
+    def setup(self, stage: str) -> None:
+        if stage == "fit" and self._fine_tuning().freeze_encoder is True:
+            # Before the strategy wraps the network: DDP then leaves the encoder out of its gradient
+            # synchronisation. (Frozen for N epochs, it must be in it: see configure_optimizers.)
+            self._encoder().requires_grad_(False)
+
+    def on_train_epoch_start(self) -> None:
+        # A rule of the epoch, not a state: a run resumed at any epoch is frozen, or trained, as one
+        # that never stopped. The eval mode is set here, not before: Lightning warns of modules in
+        # eval mode when training starts.
+        self._freeze_encoder_as_scheduled(set_mode=True)
 
     @property
     def normalization(self) -> tuple[list[float], list[float]]:
@@ -147,7 +200,8 @@ class SegmentationModule(L.LightningModule):
         return total, None
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        self.log("train/lr", self.optimizers().param_groups[0]["lr"], on_step=True, batch_size=batch["image"].shape[0])
+        rates = logged_learning_rates(self.optimizers().param_groups)  # train/lr, train/lr_encoder
+        self.log_dict(rates, on_step=True, batch_size=batch["image"].shape[0])
         loss = self._shared_step(batch, "train")[0]
         self._nonfinite_losses += (~torch.isfinite(loss.detach())).long()
         return loss
@@ -200,11 +254,45 @@ class SegmentationModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self._stop_if_diverged()  # never overwrite a good checkpoint with NaN weights
 
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """A run resumes with the parameter groups it was saved with, or its optimizer state would not
+        load: runs from before ``optimizer.no_decay_norm_bias`` decayed every parameter, in one group."""
+        saved = checkpoint.get("hyper_parameters", {}).get("optimizer")
+        if saved is not None and "no_decay_norm_bias" not in saved and self.hparams.optimizer.get("no_decay_norm_bias"):
+            self.hparams["optimizer"] = {**self.hparams.optimizer, "no_decay_norm_bias": False}
+            if rank_zero_only.rank == 0:
+                log.info(
+                    "the checkpoint's run predates optimizer.no_decay_norm_bias: it goes on with weight decay on "
+                    "every parameter, as its saved optimizer state has it"
+                )
+
     def configure_optimizers(self) -> dict[str, Any]:
         optimizer, scheduler = self.build_optimization(int(self.trainer.estimated_stepping_batches))
+        self._check_freezing_under_ddp()
+        # Frozen now, the encoder's parameters count as not trainable in the model summary (when
+        # fitting starts); a run resumed past the frozen epochs unfreezes as its first epoch starts.
+        self._freeze_encoder_as_scheduled(set_mode=False)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
+    def _check_freezing_under_ddp(self) -> None:
+        """DDP syncs the gradients of the parameters that required one when it wrapped the network,
+        and expects each of them to get one at every step unless it looks for unused parameters (whose
+        gradients it then leaves alone): only then can an encoder wait frozen in that sync for its epoch."""
+        freeze = self._fine_tuning().freeze_encoder
+        ddp = self.trainer.model
+        if isinstance(freeze, bool) or not isinstance(ddp, DistributedDataParallel) or ddp.find_unused_parameters:
+            return
+        raise ConfigError(
+            f"model.freeze_encoder={freeze} under DDP needs trainer.strategy=ddp_find_unused_parameters_true "
+            "(the encoder joins training at that epoch), or model.freeze_encoder=true (frozen throughout)."
+        )
+
     def build_optimization(self, total_steps: int) -> tuple[torch.optim.Optimizer, LRScheduler]:
-        """The configured optimizer and its per-step schedule over ``total_steps``."""
-        optimizer = instantiate(self.hparams.optimizer, params=self.parameters())
+        """The configured optimizer over the module's parameter groups (the encoder's rate or freezing,
+        no decay on norm layers and biases: ``semseg.task.param_groups``), and its per-step schedule
+        over ``total_steps``, which scales every group's own rate alike."""
+        groups = parameter_groups(self, self._encoder(), self._fine_tuning(), self.hparams.optimizer.get("lr"))
+        # _convert_="partial": the groups reach the optimizer as plain dicts and lists (torch's
+        # optimizers take no DictConfig), holding the module's own parameters.
+        optimizer = instantiate(optimizer_arguments(self.hparams.optimizer), params=groups, _convert_="partial")
         return optimizer, build_scheduler(optimizer, self.hparams.scheduler, total_steps)

@@ -6,11 +6,20 @@ values live in conf/scheduler/*.yaml only: a key missing here is an error, never
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
 from torch.optim import Optimizer
-from torch.optim.lr_scheduler import ConstantLR, CosineAnnealingLR, LinearLR, LRScheduler, PolynomialLR, SequentialLR
+from torch.optim.lr_scheduler import (
+    ConstantLR,
+    CosineAnnealingLR,
+    LambdaLR,
+    LinearLR,
+    LRScheduler,
+    PolynomialLR,
+    SequentialLR,
+)
 
 from semseg.errors import ConfigError
 
@@ -46,8 +55,7 @@ def build_scheduler(optimizer: Optimizer, cfg: Mapping, total_steps: int) -> LRS
         case "poly":
             decay: LRScheduler = PolynomialLR(optimizer, total_iters=decay_steps, power=_setting(cfg, "power"))
         case "cosine":
-            base_lr = optimizer.param_groups[0]["lr"]
-            decay = CosineAnnealingLR(optimizer, T_max=decay_steps, eta_min=base_lr * _setting(cfg, "min_lr_ratio"))
+            decay = _cosine_decay(optimizer, decay_steps, _setting(cfg, "min_lr_ratio"))
         case "constant":
             decay = ConstantLR(optimizer, factor=1.0, total_iters=0)
         case other:
@@ -56,3 +64,21 @@ def build_scheduler(optimizer: Optimizer, cfg: Mapping, total_steps: int) -> LRS
         return decay
     ramp = LinearLR(optimizer, start_factor=_setting(cfg, "warmup_start_factor"), total_iters=warmup)
     return SequentialLR(optimizer, [ramp, decay], milestones=[warmup])
+
+
+def _cosine_decay(optimizer: Optimizer, steps: int, min_lr_ratio: float) -> LRScheduler:
+    """Cosine decay over ``steps`` to ``min_lr_ratio`` x each parameter group's own rate.
+
+    torch's CosineAnnealingLR has one floor for all groups (``eta_min``): right where they share one
+    rate or the floor is 0, and kept there (the checkpoints of such runs hold its state). Groups at
+    rates of their own (``optimizer.encoder_lr_mult``) get the same factor from a LambdaLR instead,
+    so that the encoder's rate stays the same share of the decoder's down to the floor.
+    """
+    rates = {group["lr"] for group in optimizer.param_groups}
+    if len(rates) == 1 or min_lr_ratio == 0:
+        return CosineAnnealingLR(optimizer, T_max=steps, eta_min=max(rates) * min_lr_ratio)
+
+    def factor(step: int) -> float:
+        return min_lr_ratio + (1 - min_lr_ratio) * (1 + math.cos(math.pi * min(step, steps) / steps)) / 2
+
+    return LambdaLR(optimizer, factor)

@@ -13,7 +13,7 @@ from typing import Any
 import lightning as L
 import torch
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.plugins import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig
@@ -29,16 +29,26 @@ log = logging.getLogger(__name__)
 RUN_CHECKPOINT_KEYS = {"model_checkpoint": BEST, "last_checkpoint": LAST}
 
 
-def build_callbacks(cfg: Mapping | None, run: RunFolder) -> list[L.Callback]:
+def build_callbacks(cfg: Mapping | None, run: RunFolder, with_logger: bool = True) -> list[L.Callback]:
     """Instantiates the ``callbacks`` group. The run's checkpoints (``model_checkpoint``: best.ckpt,
     ``last_checkpoint``: last.ckpt, and the one ``CheckpointOnSigterm`` saves) are written where
     ``RunFolder`` says, the folder that resuming, eval.py, export.py and report.py read, so their
     paths are not config keys; other ``ModelCheckpoint`` entries without a ``dirpath`` save
-    into the run's ``checkpoints/`` too."""
+    into the run's ``checkpoints/`` too.
+
+    Raises:
+        ConfigError: a run's checkpoint given a path; a ``LearningRateMonitor`` without a logger
+            (Lightning would stop at the first epoch, after the data work, with a traceback).
+    """
     callbacks = []
     for key, entry in (cfg or {}).items():
         if not entry:
             continue
+        if not with_logger and _target_name(entry) == LearningRateMonitor.__name__:
+            raise ConfigError(
+                f"callbacks.{key} (LearningRateMonitor) logs to a logger, and logger=none: "
+                f"choose a logger (logger=csv) or drop it (callbacks.{key}=null)."
+            )
         kwargs = {}
         if key in RUN_CHECKPOINT_KEYS:
             given = [name for name in ("dirpath", "filename") if name in entry]

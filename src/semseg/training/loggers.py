@@ -1,10 +1,12 @@
-"""Experiment loggers: W&B by default, going offline by itself when it cannot go online."""
+"""Experiment loggers: W&B by default (going offline by itself when it cannot go online), CSV,
+TensorBoard, MLflow, or several at once; what each gets beyond Lightning's metrics."""
 
 from __future__ import annotations
 
 import netrc
 import os
 from collections.abc import Mapping
+from numbers import Real
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -13,14 +15,27 @@ import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
-from lightning.pytorch.loggers import Logger, WandbLogger
+from lightning.pytorch.loggers import Logger, MLFlowLogger, TensorBoardLogger, WandbLogger
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
+from semseg.errors import ConfigError
+from semseg.extras import require_extra
 from semseg.online import can_reach
 from semseg.training.distributed import in_multirun
 
 WANDB_DEFAULT_URL = "https://api.wandb.ai"
 WANDB_RUN_ID_KEY = "wandb_run_id"  # where a checkpoint keeps its W&B run, for resuming it
+# The short names of the loggers semseg knows (conf/logger/<name>.yaml), by Lightning class.
+LOGGER_NAMES = {
+    "WandbLogger": "wandb",
+    "CSVLogger": "csv",
+    "TensorBoardLogger": "tensorboard",
+    "MLFlowLogger": "mlflow",
+}
+# Loggers that need an extra of pyproject.toml (semseg.extras), by short name.
+EXTRA_OF = {"tensorboard": "tensorboard", "mlflow": "mlflow"}
+MLFLOW_STORE_FILE = "mlflow.db"  # the local store's database, in logger.save_dir (mlruns/)
 
 
 def _wandb_host() -> str:
@@ -49,7 +64,8 @@ def wandb_should_be_offline(setting: bool | str | None) -> bool:
 
 
 def run_identity(cfg: DictConfig) -> dict[str, Any]:
-    """W&B ``name``, ``group`` and ``tags`` of a run, from its config choices.
+    """W&B ``name``, ``group`` and ``tags`` of a run, from its config choices (MLflow's run name and
+    tags too).
 
     name: ``<model>-<loss>-s<seed>`` (``unet-ce_dice-s0``); group: the experiment preset, else the
     sweep folder of a multirun (so a sweep's runs sit together, each its own run), else none;
@@ -71,33 +87,121 @@ def run_identity(cfg: DictConfig) -> dict[str, Any]:
     }
 
 
+def logger_configs(cfg: Mapping) -> dict[str, dict]:
+    """The loggers a ``logger`` config describes, by the name a message gives them.
+
+    A ``_target_`` at the top is one logger (``logger=wandb``, named so); each entry that is a
+    logger config of its own is one more (``logger=many``, ``+logger@logger.mlflow=mlflow``; named
+    ``logger.mlflow``); an entry set to null (``logger.wandb=null``) is none.
+    """
+    nested = {key: value for key, value in cfg.items() if isinstance(value, Mapping) and "_target_" in value}
+    top = {key: value for key, value in cfg.items() if key not in nested}
+    configs = {f"logger.{key}": dict(value) for key, value in nested.items()}
+    if "_target_" in top:
+        return {f"logger={_short_name(top)}": top, **configs}
+    stray = [key for key, value in top.items() if value is not None]
+    if stray:
+        raise ConfigError(
+            f"logger.{stray[0]} is not a logger config: with several loggers, each key of logger holds one "
+            "(conf/logger/many.yaml), or null to leave it out."
+        )
+    return configs
+
+
+def _short_name(config: Mapping) -> str:
+    target = str(config["_target_"]).rsplit(".", 1)[-1]
+    return LOGGER_NAMES.get(target, target)
+
+
 def build_logger(
     cfg: Mapping | None, identity: Mapping[str, Any] | None = None, resume_id: str | None = None
-) -> Logger | bool:
-    """Instantiates the ``logger`` config group; an empty group (``logger=none``) logs nothing.
+) -> Logger | list[Logger] | bool:
+    """Instantiates the ``logger`` config group: one logger (``logger=wandb``), a list of them
+    (``logger=many``: one per key), or nothing (``logger=none``, or every entry null).
 
-    For W&B, ``identity`` fills the ``name``/``group``/``tags`` the config leaves null, and
-    ``resume_id`` (the run of the checkpoint being resumed) continues that run.
+    ``identity`` (``run_identity``) names the run where the config leaves it null: W&B's
+    ``name``/``group``/``tags``, MLflow's ``run_name`` and tags. ``resume_id`` (the W&B run of the
+    checkpoint being resumed) continues that run.
+
+    Raises:
+        ConfigError: a logger whose extra is not installed (the install command), or a ``logger``
+            entry that is not a logger config.
     """
     if not cfg:
         return False
     cfg = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
-    if cfg.get("_target_", "").endswith("WandbLogger"):
-        offline = wandb_should_be_offline(cfg.get("offline", "auto"))
-        cfg["offline"] = offline
-        if offline:
-            # The upload command, with the run's folder, ends the run (finish_logger).
-            print("W&B: no credentials or no network, logging offline into the run folder.")
-        Path(cfg["save_dir"]).mkdir(parents=True, exist_ok=True)
-        for key, value in (identity or {}).items():
-            if cfg.get(key) is None:
-                cfg[key] = value
-        if resume_id:
-            cfg |= {"id": resume_id, "resume": "allow"}
+    configs = logger_configs(cfg)
+    for what, config in configs.items():  # all first: a missing one stops the run before any logger starts
+        if _short_name(config) in EXTRA_OF:
+            require_extra(EXTRA_OF[_short_name(config)], what)
+    loggers = [_instantiate(_prepared(config, identity or {}, resume_id)) for config in configs.values()]
+    if "_target_" in cfg and len(loggers) == 1:
+        return loggers[0]
+    return loggers or False
+
+
+def _prepared(config: dict, identity: Mapping[str, Any], resume_id: str | None) -> dict:
+    """One logger's config with semseg's particulars filled in."""
+    name = _short_name(config)
+    if name == "wandb":
+        return _wandb_config(config, identity, resume_id)
+    if name == "mlflow":
+        return _mlflow_config(config, identity)
+    return config
+
+
+def _instantiate(config: dict) -> Logger:
     # Plain containers: wandb.init takes its ``settings`` as a dict, not as OmegaConf's DictConfig.
-    logger = instantiate(cfg, _convert_="all")
+    logger = instantiate(config, _convert_="all")
     _drop_anonymous(logger)
     return logger
+
+
+def _wandb_config(config: dict, identity: Mapping[str, Any], resume_id: str | None) -> dict:
+    offline = wandb_should_be_offline(config.get("offline", "auto"))
+    config["offline"] = offline
+    if offline:
+        # The upload command, with the run's folder, ends the run (finish_logger).
+        print("W&B: no credentials or no network, logging offline into the run folder.")
+    Path(config["save_dir"]).mkdir(parents=True, exist_ok=True)
+    for key, value in identity.items():
+        if config.get(key) is None:
+            config[key] = value
+    if resume_id:
+        config |= {"id": resume_id, "resume": "allow"}
+    return config
+
+
+def _mlflow_config(config: dict, identity: Mapping[str, Any]) -> dict:
+    """MLflow's config: a local SQLite store in ``save_dir`` when no ``tracking_uri`` is given, the
+    run named and tagged from ``identity``, and MLflow's usage telemetry off."""
+    # MLflow reads it when imported (by the logger, just below): training sends nothing anywhere
+    # but the tracking store. A user's own MLFLOW_DISABLE_TELEMETRY=false still wins.
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    # With a server, MLflow prints the run's address each time a run ends, and Lightning ends it
+    # after each of fit, validate and test: finish_logger prints it once.
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+    if not config.get("tracking_uri"):
+        # SQLite, not MLflow's ./mlruns file store: MLflow 3 refuses a file store (maintenance mode)
+        # unless MLFLOW_ALLOW_FILE_STORE is set. Absolute paths: the store is the same whatever
+        # reads it later, and the artifacts sit beside the database.
+        store = Path(config.get("save_dir") or "mlruns").resolve()
+        store.mkdir(parents=True, exist_ok=True)
+        config["tracking_uri"] = f"sqlite:///{store / MLFLOW_STORE_FILE}"
+        if not config.get("artifact_location"):
+            config["artifact_location"] = (store / "artifacts").as_uri()
+    if not config.get("run_name"):
+        config["run_name"] = identity.get("name")
+    config["tags"] = {**_mlflow_tags(identity), **(config.get("tags") or {})}
+    return config
+
+
+def _mlflow_tags(identity: Mapping[str, Any]) -> dict[str, str]:
+    """W&B's ``model:unet`` tags as MLflow's key-value tags (``model=unet``), and the group."""
+    tags = dict(tag.split(":", 1) for tag in identity.get("tags") or [])
+    if identity.get("group"):
+        tags["group"] = identity["group"]
+    return tags
 
 
 def _drop_anonymous(logger: Logger) -> None:
@@ -106,6 +210,32 @@ def _drop_anonymous(logger: Logger) -> None:
     init = getattr(logger, "_wandb_init", None)
     if isinstance(init, dict) and init.get("anonymous", False) is None:
         del init["anonymous"]
+
+
+def loggers_of(logger: Logger | list[Logger] | bool) -> list[Logger]:
+    """``build_logger``'s result as a list (empty for no logger)."""
+    if not logger:
+        return []
+    return list(logger) if isinstance(logger, list | tuple) else [logger]
+
+
+def log_run_config(loggers: list[Logger], cfg: DictConfig, module_hparams: Mapping, extra: Mapping) -> None:
+    """Gives every logger the run's resolved config and ``extra`` (the network's size).
+
+    Lightning logs the module's hyper-parameters itself (model, loss, optimizer, scheduler, data,
+    inference, as the module holds them: the data root made absolute, say); this adds the rest of
+    the config (trainer, augment, callbacks, seed, ...). Logging a key twice with two values would
+    stop MLflow, whose parameters cannot change. MLflow also gets the whole config as
+    ``config.yaml``: its parameters are flat (``trainer/max_epochs``) and Lightning cuts each value
+    at 250 characters (a long palette or class list); CSV and TensorBoard keep theirs in
+    ``hparams.yaml``, W&B in the run's config.
+    """
+    config = OmegaConf.to_container(cfg, resolve=True)
+    rest = {key: value for key, value in config.items() if key not in module_hparams}
+    for logger in loggers:
+        logger.log_hyperparams({**rest, **extra})
+        if isinstance(logger, MLFlowLogger) and rank_zero_only.rank == 0:
+            logger.experiment.log_text(logger.run_id, OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
 
 
 def wandb_run_id(checkpoint_path: str | Path | None) -> str | None:
@@ -125,16 +255,65 @@ class WandbRunInCheckpoint(L.Callback):
                 checkpoint[WANDB_RUN_ID_KEY] = logger.version
 
 
+def mark_preempted(logger: Logger | list[Logger] | bool) -> None:
+    """W&B shows the run as pre-empted, to be resumed (SIGTERM stopped it)."""
+    for each in loggers_of(logger):
+        if isinstance(each, WandbLogger):
+            each.experiment.mark_preempting()
+
+
 def finish_logger(
-    logger: Logger | bool, summary: Mapping[str, float] | None = None, exit_code: int = 0, say_sync: bool = True
+    logger: Logger | list[Logger] | bool,
+    summary: Mapping[str, Any] | None = None,
+    exit_code: int = 0,
+    say_sync: bool = True,
 ) -> str | None:
-    """Closes a W&B run (with ``summary`` values added) and, for an offline one, returns the
-    command that uploads it, and prints it unless ``say_sync`` is false (training's closing summary
-    lists it with the other next commands; wandb's own hint is off, ``settings.quiet`` in
-    conf/logger/wandb.yaml, so the user sees one). A failed job passes ``exit_code=1``: the next job
-    of a multirun then starts a run of its own instead of logging into this one."""
-    if not isinstance(logger, WandbLogger):
-        return None
+    """Ends the run of every logger, ``summary``'s values added, and returns the command that
+    uploads an offline W&B run (None when there is none).
+
+    - W&B: the summary joins the run's; an offline run's upload command is printed unless
+      ``say_sync`` is false (training's closing summary lists it with the other next commands;
+      wandb's own hint is off, ``settings.quiet`` in conf/logger/wandb.yaml, so the user sees one).
+      A failed job passes ``exit_code=1``: the next job of a multirun then starts a run of its own
+      instead of logging into this one.
+    - MLflow: the summary's numbers as metrics (``val/miou_best``, ``train_time_s``, ...); the run
+      ends FINISHED, or FAILED with ``exit_code=1`` (also when the failure came after Lightning had
+      ended it FINISHED: between fit and test, say).
+    - TensorBoard: the config and the summary's numbers in the HPARAMS tab, to compare runs.
+    - Others (CSV): Lightning has finalized them after each stage.
+    """
+    numbers = {} if exit_code else _numbers(summary or {})
+    status = "failed" if exit_code else "success"
+    sync = None
+    for each in loggers_of(logger):
+        if isinstance(each, WandbLogger):
+            sync = _finish_wandb(each, summary, exit_code, say_sync)
+        elif isinstance(each, MLFlowLogger):
+            _finish_mlflow(each, numbers, status)
+        elif isinstance(each, TensorBoardLogger):
+            if numbers:
+                each.log_hyperparams(each.hparams, metrics=numbers)
+            each.finalize(status)
+    return sync
+
+
+def _numbers(summary: Mapping[str, Any]) -> dict[str, float]:
+    """The summary's values that are metrics (numbers, not flags, names or sizes)."""
+    return {k: float(v) for k, v in summary.items() if isinstance(v, Real) and not isinstance(v, bool)}
+
+
+def _finish_mlflow(logger: MLFlowLogger, numbers: Mapping[str, float], status: str) -> None:
+    if numbers:
+        logger.log_metrics(numbers)
+    logger.finalize(status)
+    if status != "success" or rank_zero_only.rank != 0:
+        return  # a failed run may have no MLflow run: asking for its address would start one
+    uri = str(getattr(logger.experiment, "tracking_uri", ""))
+    if uri.startswith(("http://", "https://")):
+        print(f"MLflow run: {uri.rstrip('/')}/#/experiments/{logger.experiment_id}/runs/{logger.run_id}")
+
+
+def _finish_wandb(logger: WandbLogger, summary: Mapping[str, Any] | None, exit_code: int, say_sync: bool) -> str | None:
     import wandb
 
     run = logger.experiment

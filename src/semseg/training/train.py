@@ -11,13 +11,12 @@ from contextlib import nullcontext
 import lightning as L
 from hydra.core.hydra_config import HydraConfig
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from semseg.builders import build_run
-from semseg.callbacks import EpochLog, ModelSummaryWithFlops, StopRanksOnError
+from semseg.callbacks import EpochLog, ModelSummaryWithFlops, OptunaPruning, StopRanksOnError
 from semseg.data import SegmentationDataModule
 from semseg.data.inspection import DataReport
 from semseg.data.sampling import EpochSeeding
@@ -27,10 +26,18 @@ from semseg.models import count_gflops, count_parameters
 from semseg.reporting.console import training_summary
 from semseg.run_folder import RunFolder, checkpoint_epoch
 from semseg.task.module import SegmentationModule
-from semseg.trainer_defaults import check_gpus_exist, slurm_plugins, trainer_kwargs
+from semseg.trainer_defaults import check_gpus_exist, refuse_spawned_ranks, slurm_plugins, trainer_kwargs
 from semseg.training.checkpoints import CheckpointBeside, build_callbacks, resume_checkpoint
 from semseg.training.distributed import in_multirun, ranks_run_this_job
-from semseg.training.loggers import WandbRunInCheckpoint, build_logger, finish_logger, run_identity, wandb_run_id
+from semseg.training.loggers import (
+    WandbRunInCheckpoint,
+    build_logger,
+    finish_logger,
+    log_run_config,
+    mark_preempted,
+    run_identity,
+    wandb_run_id,
+)
 from semseg.training.output_faults import output_faults
 from semseg.training.run_lock import run_lock
 
@@ -62,7 +69,8 @@ def _command_line() -> list[str]:
 def _suggest_pretrained(cfg: DictConfig) -> None:
     # Training a real data set from scratch is rarely what one wants; the synthetic default is
     # meant to run offline in minutes, so it stays quiet there.
-    if not cfg.data.get("synthetic") and cfg.model.get("encoder_weights") is None and rank_zero_only.rank == 0:
+    starts_from_weights = any(cfg.model.get(key) for key in ("encoder_weights", "init_from", "from_pretrained"))
+    if not cfg.data.get("synthetic") and not starts_from_weights and rank_zero_only.rank == 0:
         log.info(
             "the encoder starts from random weights: on real images, pretrained ones usually do much better; "
             "ask for them with model.encoder_weights=imagenet (downloaded once, then cached)"
@@ -84,6 +92,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         OutputError: the run folder's disk or quota is full, or it became read-only or not writable.
     """
     check_gpus_exist(cfg.trainer)  # before any output: asking for absent GPUs is a config error
+    refuse_spawned_ranks(cfg.trainer)
     command_line = _command_line()
     data = own_folder_or_synthetic(OmegaConf.to_container(cfg.data, resolve=True), command_line)
     if cfg.data.get("synthetic") and not data.get("synthetic"):  # one's own folder, read as data=folder
@@ -123,8 +132,7 @@ def _train_into(run: RunFolder, cfg: DictConfig) -> dict[str, float]:
             f"stopped by SIGTERM: the training state is saved in {last}. Run the same command in the same "
             f"run folder to continue (resume=auto), or pass ckpt_path={last}."
         )
-        if isinstance(logger, WandbLogger):
-            logger.experiment.mark_preempting()  # W&B shows the run as pre-empted, to be resumed
+        mark_preempted(logger)  # W&B shows the run as pre-empted, to be resumed
         finish_logger(logger, exit_code=1)
         raise SystemExit(0) from None  # a clean stop: the requeued job carries on
     except BaseException:
@@ -154,12 +162,17 @@ def _fit_and_evaluate(
     Without validation there is no best checkpoint: the final weights are tested, and the metrics
     say so (``validation: off``, ``checkpoint: last``)."""
     run = RunFolder(cfg.output_dir)
-    callbacks = build_callbacks(cfg.get("callbacks"), run)
+    callbacks = build_callbacks(cfg.get("callbacks"), run, with_logger=bool(logger))
     # Not config choices: resuming replays the same epochs only if every epoch is seeded alike,
     # a failed rank 0 must not leave the other ranks waiting, and the run's record (an epoch's
     # line in train.log) must not depend on which callbacks a config picks.
     epoch_log = EpochLog()
     callbacks += [EpochSeeding(datamodule.seed), StopRanksOnError(), WandbRunInCheckpoint(), epoch_log]
+    # A trial's job of hparams_search=optuna (the sweeper left the trial's link in the run folder):
+    # val/miou goes to the trial every epoch, and the study's pruner may stop the training.
+    pruning = OptunaPruning.for_run(run.root)
+    if pruning is not None:
+        callbacks.append(pruning)
     run_info = _model_cost(module, cfg.data, report)
     kwargs = trainer_kwargs(cfg.trainer, cfg.data)
     if kwargs.pop("enable_model_summary", True):  # Lightning's own would say "Total FLOPs: 0"
@@ -172,8 +185,7 @@ def _fit_and_evaluate(
         logger=logger,
         default_root_dir=str(cfg.output_dir),
     )
-    for each in trainer.loggers:
-        each.log_hyperparams({"params": run_info["params"], "gflops": run_info["gflops"]})
+    log_run_config(trainer.loggers, cfg, module.hparams, {"params": run_info["params"], "gflops": run_info["gflops"]})
 
     started = time.perf_counter()
     # weights_only: resuming never runs code from the checkpoint file.
