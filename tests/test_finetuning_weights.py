@@ -20,6 +20,7 @@ from semseg.inference.checkpoint import load_module
 from semseg.inference.export import export
 from semseg.models import build_model
 from semseg.task.module import SegmentationModule
+from semseg.training.checkpoints import resume_checkpoint
 from semseg.training.train import train
 from tests.conftest import compose_cfg, compose_named
 
@@ -110,7 +111,7 @@ def test_a_resumed_run_does_not_load_init_from(resumed, earlier, earlier_tensors
         (tmp_path / "run" / "checkpoints").mkdir(parents=True)
         shutil.copy(earlier, tmp_path / "run" / "checkpoints" / "last.ckpt")
     with caplog.at_level(logging.INFO, logger="semseg"):
-        now = build_module(cfg).net.architecture.state_dict()
+        now = build_module(cfg, resume_from=resume_checkpoint(cfg)).net.architecture.state_dict()
     # Lightning restores the checkpoint's weights after building: loading init_from is no use
     assert not all(torch.equal(now[name], earlier_tensors[name]) for name in now if now[name].is_floating_point())
     assert "training resumes from a checkpoint" in logged(caplog, "model.init_from is not loaded")

@@ -26,11 +26,15 @@ log = logging.getLogger(__name__)
 _DATA_KEYS_FOR_MODULE = ("mean", "std", "palette")
 
 
-def build_module(cfg: DictConfig, class_weights: list[float] | None = None) -> SegmentationModule:
+def build_module(
+    cfg: DictConfig, class_weights: list[float] | None = None, resume_from: str | None = None
+) -> SegmentationModule:
     """The LightningModule described by ``cfg`` (model, loss, optimizer, scheduler, data classes).
 
     ``class_weights`` are the resolved ``loss.class_weights`` (see ``resolve_class_weights``);
     they are saved with the module's hyper-parameters, so the checkpoint and the logger hold them.
+    ``resume_from`` is the checkpoint training resumes from (``resume_checkpoint``), if any: its
+    weights then replace ``model.init_from``'s, which are not loaded.
     """
     data = cfg.data
     normalization = None
@@ -56,7 +60,7 @@ def build_module(cfg: DictConfig, class_weights: list[float] | None = None) -> S
         inference=container.get("inference"),
         data=container["data"],
     )
-    _start_from_earlier_weights(cfg, module)
+    _start_from_earlier_weights(module, resumes=_resumes(resume_from, cfg))
     return module
 
 
@@ -75,14 +79,14 @@ def _model_config(model: dict) -> dict:
     return resolved
 
 
-def _start_from_earlier_weights(cfg: DictConfig, module: SegmentationModule) -> None:
+def _start_from_earlier_weights(module: SegmentationModule, resumes: bool) -> None:
     """Loads ``model.init_from``'s or ``model.from_pretrained``'s weights, unless training resumes:
     the checkpoint's weights then replace every tensor, and the files need not exist any more."""
     model = module.hparams.model
     key = "init_from" if model.get("init_from") else "from_pretrained" if model.get("from_pretrained") else None
     if key is None:
         return
-    if _resumes(cfg):
+    if resumes:
         if rank_zero_only.rank == 0:
             log.info(f"model.{key} is not loaded: training resumes from a checkpoint, with its weights")
         return
@@ -91,19 +95,12 @@ def _start_from_earlier_weights(cfg: DictConfig, module: SegmentationModule) -> 
         log.info(line)
 
 
-def _resumes(cfg: DictConfig) -> bool:
-    """Whether training continues from a checkpoint: ``ckpt_path``, or ``resume: auto`` with one of
-    the run folder's checkpoints there (train() calls ``resume_checkpoint`` before building the
-    module, which sets the damaged ones aside)."""
-    output_dir = OmegaConf.select(cfg, "output_dir", default=None, throw_on_resolution_failure=False)
-    run = RunFolder(output_dir) if output_dir else None
-    if cfg.get("ckpt_path"):
-        # Lightning's ckpt_path=last without a last.ckpt warns and starts over
-        return not (cfg.ckpt_path == "last" and run is not None and not run.last_checkpoint.is_file())
-    if cfg.get("resume", "auto") != "auto" or run is None:
+def _resumes(resume_from: str | None, cfg: DictConfig) -> bool:
+    """Whether training continues from ``resume_from``: Lightning's ``ckpt_path=last`` without a
+    last.ckpt (passed on as given by ``resume_checkpoint``) warns and starts over."""
+    if resume_from is None:
         return False
-    candidates = [run.last_checkpoint, run.previous_last_checkpoint, run.best_checkpoint]
-    return any(path.is_file() for path in [*candidates, *run.slurm_requeue_checkpoints()])
+    return not (resume_from == "last" and not RunFolder(cfg.output_dir).last_checkpoint.is_file())
 
 
 def build_datamodule(data: DictConfig | Mapping, seed: int | None = None) -> SegmentationDataModule:
@@ -114,8 +111,11 @@ def build_datamodule(data: DictConfig | Mapping, seed: int | None = None) -> Seg
     return SegmentationDataModule(**kwargs, seed=seed)
 
 
-def build_run(cfg: DictConfig, seed: int) -> tuple[DataReport, SegmentationModule, SegmentationDataModule]:
-    """The data set's report, the module and the data module of a training config.
+def build_run(
+    cfg: DictConfig, seed: int, resume_from: str | None = None
+) -> tuple[DataReport, SegmentationModule, SegmentationDataModule]:
+    """The data set's report, the module and the data module of a training config (``resume_from``:
+    the checkpoint training resumes from, see ``build_module``).
 
     The data set is checked first, before any work: a bad file stops here, with its name and fix.
     """
@@ -124,7 +124,7 @@ def build_run(cfg: DictConfig, seed: int) -> tuple[DataReport, SegmentationModul
     class_weights = resolve_class_weights(cfg.loss.get("class_weights"), report.class_names, report.train_counts)
     if rank_zero:
         _log_class_weights(cfg.loss.get("class_weights"), report.class_names, class_weights)
-    module = build_module(cfg, class_weights)
+    module = build_module(cfg, class_weights, resume_from)
     return report, module, build_datamodule(cfg.data, seed)
 
 

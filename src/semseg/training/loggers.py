@@ -20,7 +20,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from semseg.errors import ConfigError
-from semseg.extras import require_extra
+from semseg.extras import CHOICES, require_extra
 from semseg.online import can_reach
 from semseg.training.distributed import in_multirun
 
@@ -33,8 +33,6 @@ LOGGER_NAMES = {
     "TensorBoardLogger": "tensorboard",
     "MLFlowLogger": "mlflow",
 }
-# Loggers that need an extra of pyproject.toml (semseg.extras), by short name.
-EXTRA_OF = {"tensorboard": "tensorboard", "mlflow": "mlflow"}
 MLFLOW_STORE_FILE = "mlflow.db"  # the local store's database, in logger.save_dir (mlruns/)
 
 
@@ -132,8 +130,9 @@ def build_logger(
     cfg = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
     configs = logger_configs(cfg)
     for what, config in configs.items():  # all first: a missing one stops the run before any logger starts
-        if _short_name(config) in EXTRA_OF:
-            require_extra(EXTRA_OF[_short_name(config)], what)
+        extra = CHOICES.get(("logger", _short_name(config)))  # the extras that logger=<name> needs
+        if extra:
+            require_extra(extra, what)
     loggers = [_instantiate(_prepared(config, identity or {}, resume_id)) for config in configs.values()]
     if "_target_" in cfg and len(loggers) == 1:
         return loggers[0]

@@ -119,7 +119,7 @@ def _train_into(run: RunFolder, cfg: DictConfig) -> dict[str, float]:
     # Before the data: a missing or damaged ckpt_path stops here, and resume=auto sets a damaged
     # checkpoint aside (inside the run's lock: it moves files).
     ckpt_path = resume_checkpoint(cfg)
-    report, module, datamodule = build_run(cfg, seed)
+    report, module, datamodule = build_run(cfg, seed, resume_from=ckpt_path)
     if rank_zero_only.rank == 0:
         write_json_atomic(run.data_report, report.to_json())
     logger = build_logger(cfg.get("logger"), run_identity(cfg), wandb_run_id(ckpt_path))
