@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from semseg.data import SegmentationDataModule
-from semseg.data.dataset import read_mask
+from semseg.data.reading import read_mask
 from semseg.data.synthetic import SyntheticSpec, generate
 from semseg.errors import DataError
 from semseg.training.train import train

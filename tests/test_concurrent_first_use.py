@@ -25,8 +25,9 @@ import numpy as np
 import pytest
 
 from semseg.data import mask_stats, samples, synthetic
-from semseg.data.dataset import MaskEncoder, list_pairs
+from semseg.data.mask_encoding import MaskEncoder
 from semseg.data.mask_stats import summarize_mask, summarize_masks
+from semseg.data.pairing import list_pairs
 from semseg.data.samples import FileSamples, PackedSamples, sample_source
 from semseg.data.synthetic import SyntheticSpec, generate
 from semseg.files import lock_making

@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 
 from semseg.data import SegmentationDataModule
 from semseg.data.batch import MASK_PAD_CODE, BatchPreparer
-from semseg.data.dataset import list_pairs
+from semseg.data.pairing import list_pairs
 from semseg.data.samples import FileSamples
 from semseg.data.synthetic import CLASS_NAMES, SyntheticSpec, generate
 from semseg.data.transforms import augment_preset, build_transforms

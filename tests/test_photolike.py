@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import semseg.data.photolike as photolike
-from semseg.data.dataset import list_pairs
+from semseg.data.pairing import list_pairs
 from semseg.data.photolike import PHOTO_CLASS_NAMES, PhotoSpec, generate_photolike
 from semseg.errors import DataError
 

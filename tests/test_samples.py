@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from semseg.data.batch import MASK_PAD_CODE, BatchPreparer
-from semseg.data.dataset import MaskEncoder, list_pairs
+from semseg.data.mask_encoding import MaskEncoder
+from semseg.data.pairing import list_pairs
 from semseg.data.samples import FileSamples, PackedSamples, sample_source
 from semseg.errors import ConfigError
 from tests.test_data import write_pair

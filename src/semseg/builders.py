@@ -13,8 +13,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from semseg.data import SegmentationDataModule
 from semseg.data.class_weights import resolve_class_weights
-from semseg.data.dataset import resolve_class_names
 from semseg.data.inspection import DataReport, inspect_before_training
+from semseg.data.mask_encoding import resolve_class_names
 from semseg.models import ARCHITECTURES
 from semseg.models.pretrained import replaced_keys, resolve_from_pretrained, start_from
 from semseg.run_folder import RunFolder

@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 
 from semseg.bench.timing import median
-from semseg.data.dataset import list_pairs
+from semseg.data.pairing import list_pairs
 
 
 def scan_seconds(pairs: int, repeats: int = 3) -> float:

@@ -18,7 +18,9 @@ from torch.utils.data import DataLoader
 
 from semseg.data.batch import MASK_PAD_CODE, pad_collate
 from semseg.data.cores import data_parallelism
-from semseg.data.dataset import MaskEncoder, SegmentationDataset, has_split, list_pairs, resolve_class_names
+from semseg.data.dataset import SegmentationDataset
+from semseg.data.mask_encoding import MaskEncoder, resolve_class_names
+from semseg.data.pairing import has_split, list_pairs
 from semseg.data.samples import FileSamples, PackedSamples, sample_source
 from semseg.data.sampling import EpochSampler
 from semseg.data.synthetic import SyntheticSpec, generate

@@ -20,17 +20,11 @@ import cv2
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from semseg.data.batch import MASK_PAD_CODE
 from semseg.data.class_weights import METHODS, ClassCounts, weights_from_counts
-from semseg.data.dataset import (
-    INVALID_CODE,
-    MASK_PAD_CODE,
-    SPLITS,
-    MaskEncoder,
-    find_pairs,
-    has_split,
-    resolve_class_names,
-)
+from semseg.data.mask_encoding import INVALID_CODE, MaskEncoder, resolve_class_names
 from semseg.data.mask_stats import MaskSummary, summarize_masks
+from semseg.data.pairing import SPLITS, find_pairs, has_split
 from semseg.data.synthetic import SyntheticSpec, generate, own_folder_or_synthetic
 from semseg.errors import DataError, Problem, problems_message
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from semseg.data.cores import data_parallelism
-from semseg.data.dataset import is_palette_png, read_mask
+from semseg.data.reading import is_palette_png, read_mask
 from semseg.errors import DataError
 from semseg.files import cache_dir, lock_making, write_json_atomic
 

@@ -34,7 +34,8 @@ import numpy as np
 from PIL import Image
 
 from semseg.data.cores import data_parallelism
-from semseg.data.dataset import MaskEncoder, read_image, read_mask
+from semseg.data.mask_encoding import MaskEncoder
+from semseg.data.reading import read_image, read_mask
 from semseg.data.transforms import resize_transform
 from semseg.errors import ConfigError, DataError
 from semseg.files import cache_dir, lock_making, staging_path

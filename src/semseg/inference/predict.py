@@ -14,8 +14,9 @@ from albumentations.pytorch import ToTensorV2
 from omegaconf import DictConfig
 from tqdm import tqdm
 
-from semseg.data.dataset import IMAGE_EXTENSIONS, index_images, read_image
+from semseg.data.pairing import IMAGE_EXTENSIONS, index_images
 from semseg.data.palette import colorize
+from semseg.data.reading import read_image
 from semseg.data.transforms import resize_transform
 from semseg.errors import ConfigError, DataError, Problem, problems_message
 from semseg.files import write_bytes_atomic, write_json_atomic
