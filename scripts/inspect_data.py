@@ -22,7 +22,7 @@ def main(cfg: DictConfig) -> None:
     from semseg.files import write_json_atomic
 
     if OmegaConf.is_missing(cfg.data, "num_classes"):
-        sys.exit(_describe_without_classes(cfg.data.root))
+        sys.exit(_describe_without_classes(OmegaConf.to_container(cfg.data, resolve=True)))
     report = inspect_data(OmegaConf.to_container(cfg.data, resolve=True), full=cfg.full)
     print(report.summary())
     write_json_atomic(Path(cfg.report), report.to_json())
@@ -31,10 +31,19 @@ def main(cfg: DictConfig) -> None:
         sys.exit(1)
 
 
-def _describe_without_classes(root: str) -> str:
+def _describe_without_classes(data: dict) -> str:
+    from semseg.data.colour_labels import suggested_colour_map
     from semseg.data.inspection import describe_values, stored_mask_values
 
-    values = stored_mask_values(root)
+    root = data["root"]
+    values, colours = stored_mask_values(data)
+    if not values and colours:
+        print(f"the masks of {root} are colour masks of {len(colours)} colours: {suggested_colour_map(colours, 50)}.")
+        return (
+            "error: data.num_classes is not set. Set it to the number of classes, and map each colour to its "
+            "class (index or name) or to data.ignore_index with data.label_map, or name a palette file of "
+            "name,R,G,B rows (see docs/data.md, Colour masks)."
+        )
     if not values:
         return f"error: no single-channel masks found under {root}/masks/{{train,val,test}}."
     print(f"the masks of {root} store the values {describe_values(values)}.")

@@ -153,7 +153,7 @@ CASES = {
         Case(truncated_mask, "cannot be read (truncated, empty or not an image). Fix: re-export the mask, or"),
         Case(empty_split, "holds no images. Fix: add .png, .jpg"),
         Case(mask_0_255, "Fix: 0/255 masks: set data.label_map={0: 0, 255: 1}", ("data.num_classes=2",)),
-        Case(rgb_colour_mask, "masks must hold class indices, one channel. Fix: convert each colour to its class"),
+        Case(rgb_colour_mask, "data.label_map maps no colours. Fix: map each colour to its class (index or name)"),
         Case(
             mask_16bit_beyond_classes,
             "holds values [1000] that are not classes 0..4. Fix: set data.ignore_index=1000 if it marks pixels to "

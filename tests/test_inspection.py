@@ -127,8 +127,9 @@ def test_colour_masks_are_explained_with_their_colours(tmp_path: Path):
     gray = root / "masks" / "train" / "train1.png"
     cv2.imwrite(str(gray), np.repeat(square_pair()[1][..., None], 3, axis=2))
     found = {Path(p.file).name: p for p in inspect(root).problems}
-    assert "RGB colour mask (colours (0, 0, 0), (255, 0, 0)" in found["train0.png"].problem
-    assert "class index" in found["train0.png"].fix
+    assert "RGB colour mask (colours [0, 0, 0], [255, 0, 0]" in found["train0.png"].problem
+    # The fix is a colour label_map of the data set's colours (not the grayscale mask's).
+    assert 'data.label_map, e.g. {"[0,0,0]": 0, "[255,0,0]": 1}' in found["train0.png"].fix
     assert "3 identical channels" in found["train1.png"].problem and "single-channel" in found["train1.png"].fix
 
 

@@ -120,6 +120,16 @@ def test_tensorboard_mlflow_and_csv_at_once_get_metrics_config_and_pictures(make
     assert {"config.yaml"} | picture_artifacts("epoch_001") | picture_artifacts("best") <= saved
     assert (store / "artifacts" / found.info.run_id / "artifacts" / "config.yaml").is_file()
 
+    # Resuming its checkpoint with more epochs continues that MLflow run: MLflow cannot change the
+    # logged trainer/max_epochs, so the new value is a tag.
+    more = [f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}", "trainer.max_epochs=2"]
+    train(make_cfg("logger=many", "logger.wandb=null", "+logger@logger.mlflow=mlflow",
+                   f"logger.mlflow.save_dir={store}", "run_test=false", *more))  # fmt: skip
+    resumed = the_run(client)
+    assert resumed.info.run_id == found.info.run_id and resumed.info.status == "FINISHED"
+    assert resumed.data.params["trainer/max_epochs"] == "1" and resumed.data.tags["resumed/trainer/max_epochs"] == "2"
+    assert {m.value for m in client.get_metric_history(found.info.run_id, "epoch")} >= {0, 1}  # both epochs
+
 
 @pytest.fixture(scope="module")
 def mlflow_server(tmp_path_factory: pytest.TempPathFactory):
@@ -179,18 +189,20 @@ def test_mlflow_server_gets_metrics_params_and_pictures(make_cfg, mlflow_server:
 def test_mlflow_runs_end_finished_with_the_summary_or_failed(tmp_path: Path):
     config = {"_target_": "lightning.pytorch.loggers.MLFlowLogger", "experiment_name": "semseg"}
     config["save_dir"] = str(tmp_path)
-    done, failed = (build_logger(config, IDENTITY) for _ in range(2))
+    done, failed, killed = (build_logger(config, IDENTITY) for _ in range(3))
     assert os.environ["MLFLOW_DISABLE_TELEMETRY"] == "true"  # before MLflow was imported
-    for logger in (done, failed):
+    for logger in (done, failed, killed):
         assert isinstance(logger, MLFlowLogger)
         logger.log_metrics({"val/miou": 0.5}, step=1)
     # Lightning ends the run FINISHED after each stage; a failure after that still marks it FAILED.
     failed.finalize("success")
     finish_logger(done, summary={"val/miou_best": 0.5, "checkpoint": "checkpoints/best.ckpt", "epochs": 2})
     finish_logger(failed, exit_code=1)
+    finish_logger(killed, exit_code=1, preempted=True)  # SIGTERM: to be resumed
     client = mlflow_client(f"sqlite:///{tmp_path / 'mlflow.db'}")
     ended = {run.info.run_id: run for run in client.search_runs([done.experiment_id])}
     assert ended[done.run_id].info.status == "FINISHED" and ended[failed.run_id].info.status == "FAILED"
+    assert ended[killed.run_id].info.status == "KILLED"
     assert ended[done.run_id].data.metrics == {"val/miou": 0.5, "val/miou_best": 0.5, "epochs": 2.0}
     assert ended[done.run_id].data.tags["model"] == "unet" and ended[done.run_id].info.run_name == IDENTITY["name"]
 

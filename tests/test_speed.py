@@ -20,7 +20,7 @@ from omegaconf import open_dict
 
 from semseg.bench.architectures import bench_model
 from semseg.bench.run import check_parts
-from semseg.bench.scan import scan_seconds
+from semseg.bench.scan import startup_seconds
 from semseg.errors import ConfigError
 from semseg.training.train import train
 from tests.conftest import TINY_ENCODER, compose_named
@@ -110,7 +110,7 @@ def test_the_gpu_check_runs_every_part_on_photolike_data_and_writes_its_results(
     ratios = ("pipeline_over_preloaded", "pipeline_over_plain", "loader_over_consumption", "fused_over_unfused")
     for key in (*ratios, "pipeline_images_per_s", "preloaded_loop_images_per_s", "loader_images_per_s"):
         assert 0 < results[key] < float("inf"), key
-    assert 0 < results["scan_s"] < 60
+    assert 0 < results["scan_s"] < 60 and 0 < results["check_warm_s"] < 60
     rows = results["models"]
     assert [(r["model"], r["precision"], r["channels_last"]) for r in rows] == [
         (model, "bf16-mixed", last) for model in ("unet", "segformer") for last in (False, True)
@@ -131,8 +131,12 @@ def test_model_measurements_stop_at_the_deadline():
     assert len(bench_model("unet", model, **settings)) == 2
 
 
-def test_the_scan_pairs_every_file(tmp_path: Path):
-    assert scan_seconds(500, repeats=1) > 0  # and raises if any of the 500 pairs were missed
+def test_the_start_up_measure_pairs_and_checks_every_file():
+    # It raises if the scan missed a pair or the check a file; its caches are its own.
+    before = os.environ.get("SEMSEG_CACHE_DIR")
+    seconds = startup_seconds(500, repeats=1)
+    assert os.environ.get("SEMSEG_CACHE_DIR") == before
+    assert set(seconds) == {"scan_s", "check_cold_s", "check_warm_s"} and all(s > 0 for s in seconds.values())
 
 
 def test_parts_that_cannot_run_stop_the_benchmark_before_any_part_runs():

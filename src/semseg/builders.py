@@ -13,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from semseg.data import SegmentationDataModule
 from semseg.data.class_weights import resolve_class_weights
+from semseg.data.colour_labels import colour_palette, palette_file
 from semseg.data.inspection import DataReport, inspect_before_training
 from semseg.data.mask_encoding import resolve_class_names
 from semseg.models import ARCHITECTURES
@@ -23,7 +24,7 @@ from semseg.task.module import SegmentationModule
 log = logging.getLogger(__name__)
 
 # Keys of the data group that are not SegmentationDataModule arguments.
-_DATA_KEYS_FOR_MODULE = ("mean", "std", "palette")
+_DATA_KEYS_FOR_MODULE = ("mean", "std", "palette", "threshold")
 
 
 def build_module(
@@ -44,21 +45,28 @@ def build_module(
     # The checkpoint keeps the data config with an absolute root, so eval.py finds the data from
     # any working directory.
     container["data"]["root"] = str(Path(data.root).resolve())
+    label_map = container["data"].get("label_map")
+    if isinstance(label_map, str):  # a palette file, likewise
+        container["data"]["label_map"] = str(palette_file(label_map, data.root).resolve())
     module = SegmentationModule(
         model=_model_config(container["model"]),
         loss=container["loss"],
         optimizer=container["optimizer"],
         scheduler=container["scheduler"],
         num_classes=data.num_classes,
-        class_names=resolve_class_names(data.num_classes, data.get("class_names")),
+        class_names=resolve_class_names(
+            data.num_classes, data.get("class_names"), label_map, data.get("ignore_index"), data.root
+        ),
         ignore_index=SegmentationDataModule.effective_ignore_index(data.get("ignore_index")),
         in_channels=data.in_channels,
         class_weights=class_weights,
         normalization=normalization,
         boundary_width=cfg.metrics.boundary_width,
-        palette=container["data"].get("palette"),
+        palette=colour_palette(container["data"]),  # a colour label_map's colours by default
         inference=container.get("inference"),
         data=container["data"],
+        mode=data.get("mode") or "multiclass",
+        threshold=0.5 if data.get("threshold") is None else data.threshold,
     )
     _start_from_earlier_weights(module, resumes=_resumes(resume_from, cfg))
     return module

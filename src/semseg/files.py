@@ -106,3 +106,14 @@ def cache_dir() -> Path:
         return Path(os.environ["SEMSEG_CACHE_DIR"])
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base) / "semseg"
+
+
+def relative_to_root(path: Path, root: Path) -> str:
+    """``path`` relative to ``root`` where it lies inside, else absolute: list files
+    (``data.split_files``) may name files anywhere, and caches key files by this."""
+    # A prefix test on the strings: Path.relative_to parses both paths again, 30 µs a file.
+    prefix = os.path.join(str(root), "")
+    text = str(path)
+    if text.startswith(prefix):
+        return Path(text[len(prefix) :]).as_posix() if os.sep != "/" else text[len(prefix) :]
+    return os.path.abspath(text)

@@ -27,3 +27,11 @@ def restart_training_iterator(trainer: L.Trainer) -> None:
     """Starts the fit loop's training iterator afresh (a new iterator over every loader); relies
     on ``fit_loop._data_fetcher``, which the loop keeps across the epoch it resumes at."""
     iter(trainer.fit_loop._data_fetcher)
+
+
+def flat_params(params: Any) -> dict[str, Any]:
+    """Hyper-parameters as loggers flatten them (``trainer/max_epochs``: value); relies on
+    ``lightning.fabric.utilities.logger._convert_params`` and ``_flatten_dict``."""
+    from lightning.fabric.utilities.logger import _convert_params, _flatten_dict
+
+    return _flatten_dict(_convert_params(params))

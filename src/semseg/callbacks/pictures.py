@@ -30,11 +30,12 @@ import torch
 from lightning.pytorch.loggers import Logger, MLFlowLogger, TensorBoardLogger, WandbLogger
 from lightning.pytorch.trainer.states import TrainerFn
 
-from semseg.data.palette import to_display
-from semseg.inference.tiling import predict_logits
+from semseg.data.multilabel_masks import BACKGROUND
+from semseg.data.palette import colorize_mode, to_display
+from semseg.inference.tiling import logits_to_prediction, predict_logits
 from semseg.reporting.captions import example_names, picture_title
 from semseg.run_folder import RunFolder, checkpoint_epoch
-from semseg.task.metrics import per_image_miou
+from semseg.task.metrics import per_image_miou, per_image_presence_iou
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +107,10 @@ class ValidationPictures(L.Callback):
             return
         hp = pl_module.hparams
         preds, masks = outputs["preds"], batch["mask"]
-        self._scores.append(per_image_miou(preds, masks, hp.num_classes, hp.ignore_index))
+        if getattr(pl_module, "mode", "multiclass") == "multiclass":
+            self._scores.append(per_image_miou(preds, masks, hp.num_classes, hp.ignore_index))
+        else:  # binary: the foreground's IoU; multilabel: the mean of the classes' IoUs
+            self._scores.append(per_image_presence_iou(preds, masks, hp.ignore_index))
         self._names.extend(batch["name"])
         for i, name in enumerate(batch["name"]):
             if name in self.chosen:  # names are host strings: choosing needs no wait
@@ -143,15 +147,19 @@ class ValidationPictures(L.Callback):
         batch = pl_module.prepare_batch(batch)
         # The validation's precision; eager, so a compiled network does not compile a new shape.
         with trainer.precision_plugin.forward_context(), torch.compiler.set_stance("force_eager"):
-            logits = predict_logits(pl_module.net, batch["image"], pl_module.inference)
-        return batch["image"][0], batch["mask"][0], logits[0].argmax(dim=0)
+            mode = getattr(pl_module, "mode", "multiclass")
+            logits = predict_logits(pl_module.net, batch["image"], pl_module.inference, sigmoid=mode != "multiclass")
+        prediction = logits_to_prediction(logits, mode, getattr(pl_module.hparams, "threshold", 0.5))
+        return batch["image"][0], batch["mask"][0], prediction[0]
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not self._active(trainer):
             return
         self.gather(trainer, pl_module)
         hp = pl_module.hparams
-        confusion = pl_module.last_confusion.get("val")
+        # The confusion matrix picture is multiclass's: a sigmoid task's counts are in per_class_iou.
+        multiclass = getattr(pl_module, "mode", "multiclass") == "multiclass"
+        confusion = pl_module.last_confusion.get("val") if multiclass else None
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
         if trainer.state.fn == TrainerFn.FITTING:  # not the re-validation of the best checkpoint after fit
             self.history.append({"epoch": trainer.current_epoch + 1, **metrics})  # from 1, as the console
@@ -197,7 +205,9 @@ class ValidationPictures(L.Callback):
         from semseg.reporting import run_pictures  # matplotlib is imported only when pictures are drawn
 
         folder.mkdir(parents=True, exist_ok=True)
-        classes = run_pictures.Classes(hp.class_names, np.asarray(hp.palette, np.uint8), hp.ignore_index)
+        classes = run_pictures.Classes(
+            hp.class_names, np.asarray(hp.palette, np.uint8), hp.ignore_index, getattr(hp, "mode", "multiclass")
+        )
         drawn: list[Path] = []
 
         def save(figure, path: Path) -> None:
@@ -223,11 +233,16 @@ class ValidationPictures(L.Callback):
         import wandb
         from wandb.plot.custom_chart import plot_table
 
-        labels = dict(enumerate(hp.class_names))
+        mode = getattr(hp, "mode", "multiclass")
+        labels = dict(enumerate([BACKGROUND, *hp.class_names] if mode == "binary" else hp.class_names))
         if 0 <= hp.ignore_index < 65536 and hp.ignore_index not in labels:
             labels[hp.ignore_index] = "ignored"
 
         def image(s: Shown) -> wandb.Image:
+            if mode == "multilabel":  # W&B's mask overlay is one class a pixel: the blended colours instead
+                palette = np.asarray(hp.palette, np.uint8)
+                pictures = [s.image, colorize_mode(s.mask, palette, mode), colorize_mode(s.prediction, palette, mode)]
+                return wandb.Image(np.concatenate(pictures, axis=1), caption=f"{s.name} mIoU {s.miou:.3f}; {title}")
             masks = {
                 "ground_truth": {"mask_data": s.mask.astype(np.int32), "class_labels": labels},
                 "prediction": {"mask_data": s.prediction.astype(np.int32), "class_labels": labels},

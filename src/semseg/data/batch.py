@@ -38,16 +38,22 @@ def pad_collate(batch: list[dict]) -> dict:
         "name": [item["name"] for item in batch],
     }
     if "mask" in batch[0]:
-        out["mask"] = torch.stack([pad(item["mask"], MASK_PAD_CODE) for item in batch])
+        out["mask"] = torch.stack([pad(_planes_first(item["mask"]), MASK_PAD_CODE) for item in batch])
     return out
+
+
+def _planes_first(mask: torch.Tensor) -> torch.Tensor:
+    """A multi-label mask's (H, W, K) planes (as albumentations keeps them) as (K, H, W)."""
+    return mask.permute(2, 0, 1) if mask.dim() == 3 else mask
 
 
 class BatchPreparer(nn.Module):
     """Turns a loader's uint8 batch into the network's input and the loss's target, on the batch's
     device: ``image`` (N, C, H, W) -> float32 ``(x / 255 - mean) / std``, exactly as
-    albumentations' ``Normalize`` computes it; ``mask`` (N, H, W) uint8 codes -> int64 classes,
-    ``MASK_PAD_CODE`` -> ``ignore_index``. Images that are already floating point are taken as
-    normalised and left alone, so preparing twice changes nothing.
+    albumentations' ``Normalize`` computes it; ``mask`` (N, H, W) uint8 codes (or a multi-label
+    task's (N, K, H, W) 0/1 planes) -> int64, ``MASK_PAD_CODE`` -> ``ignore_index``. Images that
+    are already floating point are taken as normalised and left alone, so preparing twice changes
+    nothing.
 
     A module so that its constants follow the network to its device (buffers, not saved in
     checkpoints: they are derived from the hyper-parameters).

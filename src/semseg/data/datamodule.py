@@ -19,8 +19,9 @@ from torch.utils.data import DataLoader
 from semseg.data.batch import MASK_PAD_CODE, pad_collate
 from semseg.data.cores import data_parallelism
 from semseg.data.dataset import SegmentationDataset
-from semseg.data.mask_encoding import MaskEncoder, resolve_class_names
-from semseg.data.pairing import has_split, list_pairs
+from semseg.data.layout import DataLayout
+from semseg.data.mask_encoding import resolve_class_names
+from semseg.data.multilabel_masks import mask_encoder
 from semseg.data.samples import FileSamples, PackedSamples, sample_source
 from semseg.data.sampling import EpochSampler
 from semseg.data.synthetic import SyntheticSpec, generate
@@ -107,7 +108,10 @@ class SegmentationDataModule(L.LightningDataModule):
         num_classes: int,
         class_names: Sequence[str] | None = None,
         ignore_index: int | None = None,
-        label_map: Mapping[int, int] | None = None,
+        label_map: Mapping[int, int] | str | None = None,
+        split_files: Mapping[str, str] | None = None,
+        image_folder: str = "images",
+        mask_folder: str = "masks",
         in_channels: int = 3,
         batch_size: int = 8,
         num_workers: int | None = None,
@@ -117,14 +121,19 @@ class SegmentationDataModule(L.LightningDataModule):
         synthetic: Mapping | None = None,
         cache: str = "auto",
         cache_max_gb: float = 4.0,
+        mode: str = "multiclass",
         seed: int | None = None,
     ):
         super().__init__()
         self.root = Path(root)
+        self.layout = DataLayout.of(
+            {"root": root, "split_files": split_files, "image_folder": image_folder, "mask_folder": mask_folder}
+        )
         self.num_classes = num_classes
-        self.class_names = resolve_class_names(num_classes, class_names)
+        self.class_names = resolve_class_names(num_classes, class_names, label_map, ignore_index, root)
         self.ignore_index = self.effective_ignore_index(ignore_index)
-        self.encoder = MaskEncoder(num_classes, ignore_index, label_map)
+        self.mode = mode  # data.mode: multiclass, binary or multilabel (semseg.data.multilabel_masks)
+        self.encoder = mask_encoder(mode, num_classes, self.class_names, ignore_index, label_map, root)
         self.in_channels = in_channels
         self.batch_size = batch_size
         self.num_workers = num_workers  # None: workers_for decides per loader
@@ -153,7 +162,7 @@ class SegmentationDataModule(L.LightningDataModule):
             generate(self.root, self.synthetic)
 
     def _files(self, split: str, require_masks: bool) -> FileSamples:
-        pairs = list_pairs(self.root, split, require_masks=require_masks)
+        pairs = self.layout.list_pairs(split, require_masks=require_masks)
         return FileSamples(pairs, self.encoder, self.in_channels, self.image_size)
 
     def _dataset(self, split: str) -> SegmentationDataset:
@@ -161,13 +170,13 @@ class SegmentationDataModule(L.LightningDataModule):
         files = self._files(split, require_masks=split != "test")
         # Train and val are read every epoch: worth caching. Test is read once.
         cache = self.cache if split != "test" else "off"
-        source = sample_source(files, cache, self.cache_max_gb, f"{split} split of {self.root}")
+        source = sample_source(files, cache, self.cache_max_gb, self.layout.describe(split))
         return SegmentationDataset(files.pairs, source, transform, self.seed)
 
     @property
     def has_test_split(self) -> bool:
         """True when a labelled test split exists (the split is optional; an empty one is none)."""
-        return (self.root / "masks" / "test").is_dir() and has_split(self.root, "test")
+        return self.layout.has_labels("test")
 
     def setup(self, stage: str | None = None) -> None:
         # Each split is built once: train() validates and tests after fit, and a cached split
@@ -225,5 +234,5 @@ class SegmentationDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         if "test" not in self.datasets:
-            raise DataError(f"no labelled test split: {self.root / 'masks' / 'test'} is missing.")
+            raise DataError(f"no labelled {self.layout.describe('test')}: it is missing or has no masks.")
         return self._loader(self.datasets["test"])

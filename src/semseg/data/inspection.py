@@ -22,9 +22,12 @@ from PIL import Image, UnidentifiedImageError
 
 from semseg.data.batch import MASK_PAD_CODE
 from semseg.data.class_weights import METHODS, ClassCounts, weights_from_counts
+from semseg.data.colour_labels import suggested_colour_map, unpack
+from semseg.data.layout import DataLayout
 from semseg.data.mask_encoding import INVALID_CODE, MaskEncoder, resolve_class_names
 from semseg.data.mask_stats import MaskSummary, summarize_masks
-from semseg.data.pairing import SPLITS, find_pairs, has_split
+from semseg.data.multilabel_masks import BACKGROUND, MULTICLASS, MULTILABEL, check_mode, inspect_multilabel
+from semseg.data.pairing import SPLITS
 from semseg.data.synthetic import SyntheticSpec, generate, own_folder_or_synthetic
 from semseg.errors import DataError, Problem, problems_message
 
@@ -63,6 +66,8 @@ class DataReport:
     warnings: list[str]
     notes: list[str]
     stored_values: dict[int, int] = field(default_factory=dict)  # stored mask value -> pixels, all splits
+    # colour masks' colours that a colour label_map maps to no class: {"colour", "pixels", "files", "file_count"}
+    unmapped_colours: list[dict] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -112,6 +117,7 @@ class DataReport:
             "notes": self.notes,
             "suggested_class_weights": self.suggested_weights(),
             "stored_mask_values": {str(value): pixels for value, pixels in self.stored_values.items()},
+            "unmapped_colours": self.unmapped_colours,
         }
 
     def summary(self, max_problems: int = 50) -> str:
@@ -124,6 +130,12 @@ class DataReport:
         ]
         if self.stored_values:
             lines.append(f"  stored mask values (before label_map): {describe_values(self.stored_values)}")
+        for entry in self.unmapped_colours:
+            files = ", ".join(entry["files"]) + (" ..." if entry["file_count"] > len(entry["files"]) else "")
+            lines.append(
+                f"  colour {entry['colour']} maps to no class: {entry['pixels']} pixels in {entry['file_count']} "
+                f"file(s): {files}"
+            )
         labelled = {name: s.counts for name, s in self.splits.items() if s.counts is not None and s.counts.num_images}
         if labelled:
             header = f"  {'class':<16}" + "".join(f"{name + ' pixels':>14}{'images':>9}" for name in labelled)
@@ -227,25 +239,35 @@ def _value_fix(path: Path, values: list[int], bad: list[int], encoder: MaskEncod
     return ", or ".join([", ".join(fixes[:-1]), fixes[-1]] if len(fixes) > 1 else fixes) + "."
 
 
-def _mask_problem(path: Path, mask: MaskSummary, image_size: tuple[int, int] | None) -> Problem | None:
-    """The first thing wrong with a mask file itself (not its values)."""
+def _mask_problem(
+    path: Path, mask: MaskSummary, image_size: tuple[int, int] | None, colour_map: bool = False, colours_found: str = ""
+) -> Problem | None:
+    """The first thing wrong with a mask file itself (not its values); ``colour_map``: data.label_map
+    maps colours; ``colours_found``: a colour label_map of the data set's colours, for the fix."""
     if mask.error:
         return Problem(
             str(path), "cannot be read (truncated, empty or not an image).", "re-export the mask, or remove the pair."
         )
-    if mask.channels > 1:
+    if colour_map and not mask.rgb:
+        return Problem(
+            str(path),
+            f"is a {mask.channels}-channel {mask.dtype} mask, but data.label_map maps RGB colours"
+            + (" (a palette PNG is read as its indices)." if mask.palette else "."),
+            "store colour masks as 8-bit RGB PNGs, or map single-channel masks by value (e.g. {0: 0, 255: 1}).",
+        )
+    if mask.channels > 1 and not colour_map:
         if mask.equal_channels:
             return Problem(
                 str(path),
                 f"has {mask.channels} identical channels: a grayscale mask saved as colour.",
                 "save it as a single-channel PNG (e.g. cv2.imwrite(path, mask[..., 0])).",
             )
-        colours = ", ".join(str(tuple(c)) for c in mask.colours[:5])
+        colours = ", ".join(str(list(c)) for c in mask.colours[:5])
         return Problem(
             str(path),
-            f"is an RGB colour mask (colours {colours}, ...); masks must hold class indices, one channel.",
-            "convert each colour to its class index and save single-channel PNGs (or palette PNGs, whose "
-            "indices are read as classes).",
+            f"is an RGB colour mask (colours {colours}, ...) and data.label_map maps no colours.",
+            f"map each colour to its class (index or name) with data.label_map, e.g. {colours_found}, or give "
+            "a palette file (data.label_map=classes.csv of name,R,G,B rows); see docs/data.md.",
         )
     if mask.dtype.startswith("float"):
         return Problem(str(path), f"is a {mask.dtype} image.", "store masks as 8- or 16-bit PNG of class indices.")
@@ -256,6 +278,42 @@ def _mask_problem(path: Path, mask: MaskSummary, image_size: tuple[int, int] | N
             "re-export the mask at its image's size (nearest-neighbour, never interpolated).",
         )
     return None
+
+
+def _count_colours(
+    path: Path, mask: MaskSummary, encoder: MaskEncoder, report: SplitReport, unmapped: dict[int, list]
+) -> None:
+    """Adds a colour mask's class pixels to ``report``, and its colours that are no class to
+    ``unmapped`` (packed colour -> [pixels, files])."""
+    colours = np.asarray(mask.rgb, dtype=np.uint32)
+    counts = np.asarray(mask.rgb_counts, dtype=np.int64)
+    codes, mapped = encoder.colours.lookup(colours)
+    for packed, pixels in zip(colours[~mapped].tolist(), counts[~mapped].tolist(), strict=True):
+        entry = unmapped.setdefault(packed, [0, []])
+        entry[0] += pixels
+        entry[1].append(str(path))
+    codes, counts = codes[mapped].astype(np.int64), counts[mapped]
+    ignored = codes == MASK_PAD_CODE
+    report.ignored_pixels += int(counts[ignored].sum())
+    class_pixels = np.bincount(codes[~ignored], weights=counts[~ignored], minlength=encoder.num_classes)
+    report.counts.add(class_pixels.astype(np.int64))
+
+
+def _unmapped_colours(unmapped: Mapping[int, list], files_listed: int = 3) -> tuple[list[dict], list[Problem]]:
+    """The report's entries and the problems of colours that map to no class, most pixels first."""
+    entries, problems = [], []
+    for packed, (pixels, files) in sorted(unmapped.items(), key=lambda item: -item[1][0]):
+        colour = unpack(packed)
+        entries.append({"colour": colour, "pixels": pixels, "files": files[:files_listed], "file_count": len(files)})
+        where = f"{len(files)} files, this one first" if len(files) > 1 else "this file"
+        problems.append(
+            Problem(
+                files[0],
+                f"holds the colour {colour}, which data.label_map maps to no class ({pixels} pixels in {where}).",
+                f'add "{colour}": <class> to data.label_map, or map it to data.ignore_index to skip those pixels.',
+            )
+        )
+    return entries, problems
 
 
 def _count_classes(
@@ -292,27 +350,32 @@ def inspect_folder(
     num_classes: int,
     class_names: Sequence[str] | None = None,
     ignore_index: int | None = None,
-    label_map: Mapping[int, int] | None = None,
+    label_map: Mapping[int, int] | str | None = None,
     in_channels: int = 3,
     full: bool = False,
+    layout: DataLayout | None = None,
 ) -> DataReport:
     """Checks a data set folder and counts its classes (see the module docstring).
 
-    Args mirror the ``data`` config group; ``full`` decodes every image, not only its header.
+    Args mirror the ``data`` config group; ``full`` decodes every image, not only its header;
+    ``layout`` is where the splits are (default: ``root``'s images/<split> and masks/<split>).
     """
     root = Path(root)
-    encoder = MaskEncoder(num_classes, ignore_index, label_map)
-    names = resolve_class_names(num_classes, class_names)
+    layout = layout or DataLayout(root)
+    names = resolve_class_names(num_classes, class_names, label_map, ignore_index, root)
+    encoder = MaskEncoder(num_classes, ignore_index, label_map, names, root)
     problems: list[Problem] = []
     grouped_warnings: dict[str, list[str]] = {}
     pairs_by_split = {}
     for split in SPLITS:
-        if split == "test" and not has_split(root, "test"):
+        if split == "test" and not layout.has_split("test"):
             continue  # the test split is optional, and an empty one is none
-        pairs_by_split[split], found = find_pairs(root, split, require_masks=split != "test")
+        pairs_by_split[split], found = layout.find_pairs(split, require_masks=split != "test")
         problems += found
     summaries = _summaries(root, pairs_by_split)
     no_class = _values_no_class(summaries, encoder)
+    colour_map, unmapped = encoder.colours is not None, {}
+    colours_found = "" if colour_map else suggested_colour_map(_stored_colours(summaries.values()))
 
     splits, palette_masks = {}, 0
     for split, pairs in pairs_by_split.items():
@@ -329,11 +392,14 @@ def inspect_folder(
             if mask_path is None:
                 continue
             mask = summaries[mask_path]
-            problem = _mask_problem(mask_path, mask, size)
+            problem = _mask_problem(mask_path, mask, size, colour_map, colours_found)
             if problem:
                 problems.append(problem)
                 continue
             palette_masks += mask.palette
+            if colour_map:
+                _count_colours(mask_path, mask, encoder, report, unmapped)
+                continue
             problem = _count_classes(mask_path, mask, encoder, label_map, report, no_class)
             if problem:
                 problems.append(problem)
@@ -347,7 +413,10 @@ def inspect_folder(
         )
     warnings = [f"{len(files)} {kind}, e.g. {files[0]}" for kind, files in grouped_warnings.items()]
     warnings += _class_warnings(splits, names)
-    return DataReport(root, names, splits, problems, warnings, notes, _stored_values(summaries.values()))
+    unmapped_colours, colour_problems = _unmapped_colours(unmapped)
+    problems += colour_problems
+    stored = _stored_values(summaries.values())
+    return DataReport(root, names, splits, problems, warnings, notes, stored, unmapped_colours)
 
 
 def _summaries(root: Path, pairs_by_split: Mapping[str, list]) -> dict[Path, MaskSummary]:
@@ -374,12 +443,23 @@ def _stored_values(summaries: Iterable[MaskSummary]) -> dict[int, int]:
     return dict(sorted(stored.items()))
 
 
-def stored_mask_values(root: str | Path) -> dict[int, int]:
-    """Stored value -> pixels over every single-channel mask of every split: what to map, when
-    ``data.num_classes`` and ``data.label_map`` are still to be chosen."""
-    root = Path(root)
-    pairs = {split: find_pairs(root, split, require_masks=False)[0] for split in SPLITS}
-    return _stored_values(_summaries(root, pairs).values())
+def _stored_colours(summaries: Iterable[MaskSummary]) -> dict[int, int]:
+    """Packed RGB colour -> pixels over every 8-bit colour mask (not grayscale ones saved as colour)."""
+    stored: dict[int, int] = {}
+    for mask in (mask for mask in summaries if not mask.equal_channels):
+        for packed, pixels in zip(mask.rgb, mask.rgb_counts, strict=True):
+            stored[packed] = stored.get(packed, 0) + pixels
+    return stored
+
+
+def stored_mask_values(data: Mapping) -> tuple[dict[int, int], dict[int, int]]:
+    """(stored value -> pixels over every single-channel mask, packed RGB colour -> pixels over every
+    colour mask) of every split of a ``data`` config: what to map, when ``data.num_classes`` and
+    ``data.label_map`` are still to be chosen."""
+    layout = DataLayout.of(data)
+    pairs = {split: layout.find_pairs(split, require_masks=False)[0] for split in SPLITS if layout.has_split(split)}
+    summaries = _summaries(layout.root, pairs).values()
+    return _stored_values(summaries), _stored_colours(summaries)
 
 
 def _note_image_mode(path: Path, mode: str, in_channels: int, warnings: dict, problems: list[Problem]) -> None:
@@ -419,14 +499,22 @@ def inspect_data(data: Mapping, full: bool = False) -> DataReport:
     data = own_folder_or_synthetic(data)
     if data.get("synthetic"):
         generate(data["root"], SyntheticSpec(**data["synthetic"]))
+    mode = check_mode(data.get("mode") or MULTICLASS, data["num_classes"])
+    num_classes, class_names = data["num_classes"], data.get("class_names")
+    if mode != MULTICLASS:
+        names = resolve_class_names(num_classes, class_names, None, data.get("ignore_index"), data["root"])
+        if mode == MULTILABEL:
+            return inspect_multilabel(data, DataLayout.of(data), names)
+        num_classes, class_names = 2, [BACKGROUND, *names]  # binary: index masks of 0 and 1
     return inspect_folder(
         data["root"],
-        data["num_classes"],
-        data.get("class_names"),
+        num_classes,
+        class_names,
         data.get("ignore_index"),
         data.get("label_map"),
         data.get("in_channels", 3),
         full=full,
+        layout=DataLayout.of(data),
     )
 
 

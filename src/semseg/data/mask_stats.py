@@ -21,12 +21,13 @@ from pathlib import Path
 
 import numpy as np
 
+from semseg.data.colour_labels import pack_pixels, unpack
 from semseg.data.cores import data_parallelism
 from semseg.data.reading import is_palette_png, read_mask
 from semseg.errors import DataError
-from semseg.files import cache_dir, lock_making, write_json_atomic
+from semseg.files import cache_dir, lock_making, relative_to_root, write_json_atomic
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: colour masks' full histogram (rgb, rgb_counts)
 MAX_COLOURS = 8  # distinct colours kept for a colour mask: enough to explain it
 
 
@@ -35,7 +36,9 @@ class MaskSummary:
     """One mask file as stored.
 
     ``values``/``counts`` are the distinct stored values and their pixel counts (single-channel
-    masks); ``colours`` the most frequent colours of a multi-channel mask with their counts.
+    masks); ``colours`` the most frequent colours of a multi-channel mask with their counts; ``rgb``/
+    ``rgb_counts`` every colour of an 8-bit colour mask, packed R << 16 | G << 8 | B (alpha left
+    out), and its pixels: a colour label_map's class counts, from the cache.
     ``error`` is set, and the rest empty, when the file cannot be read.
     """
 
@@ -48,6 +51,8 @@ class MaskSummary:
     counts: list[int] = field(default_factory=list)
     colours: list[list[int]] = field(default_factory=list)
     equal_channels: bool = False  # a grayscale mask saved with identical colour channels
+    rgb: list[int] = field(default_factory=list)
+    rgb_counts: list[int] = field(default_factory=list)
     error: str | None = None
 
 
@@ -72,11 +77,18 @@ def summarize_mask(path: Path) -> MaskSummary:
         pixels = mask.reshape(-1, mask.shape[2])
         if pixels.shape[1] >= 3:  # OpenCV's BGR(A) -> RGB(A), the order people name colours in
             pixels = pixels[:, [2, 1, 0, *range(3, pixels.shape[1])]]
+        summary.equal_channels = bool((pixels[:, :3] == pixels[:, :1]).all())
+        if mask.shape[2] in (3, 4) and mask.dtype == np.uint8:  # packed: one sort of integers, not of rows
+            rgb, rgb_counts = np.unique(pack_pixels(mask), return_counts=True)
+            summary.rgb, summary.rgb_counts = rgb.tolist(), rgb_counts.tolist()
+            top = np.argsort(rgb_counts)[::-1][:MAX_COLOURS]
+            summary.colours = [unpack(packed) for packed in rgb[top]]
+            summary.counts = rgb_counts[top].tolist()
+            return summary
         colours, counts = np.unique(pixels, axis=0, return_counts=True)
         top = np.argsort(counts)[::-1][:MAX_COLOURS]
         summary.colours = colours[top].tolist()
         summary.counts = counts[top].tolist()
-        summary.equal_channels = bool((pixels[:, :3] == pixels[:, :1]).all())
     return summary
 
 
@@ -105,7 +117,7 @@ def summarize_masks(root: Path, paths: Sequence[Path]) -> list[MaskSummary]:
     keys = []
     for path in paths:
         stat = path.stat()
-        keys.append(f"{path.relative_to(root).as_posix()}|{stat.st_size}|{stat.st_mtime_ns}")
+        keys.append(f"{relative_to_root(path, root)}|{stat.st_size}|{stat.st_mtime_ns}")
     cached = _load_cache(cache_path)
     if cached.keys() != set(keys):
         with lock_making(cache_path):

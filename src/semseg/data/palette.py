@@ -86,3 +86,26 @@ def to_display(image: np.ndarray, mean: list[float], std: list[float]) -> np.nda
     pixels = image * np.asarray(std)[:channels, None, None] + np.asarray(mean)[:channels, None, None]
     pixels = np.clip(np.rint(pixels * 255.0), 0, 255).astype(np.uint8).transpose(1, 2, 0)
     return np.repeat(pixels, 3, axis=2) if channels == 1 else pixels[..., :3]
+
+
+def blend_planes(planes: np.ndarray, palette: np.ndarray, ignore_index: int | None = None) -> np.ndarray:
+    """(K, H, W) presence planes of a multi-label mask -> (H, W, 3) uint8 RGB: the mean colour of
+    each pixel's present classes, black where none is, white where ``ignore_index`` marks it."""
+    ignored = (planes == ignore_index).any(axis=0) if ignore_index is not None else np.zeros(planes.shape[1:], bool)
+    present = (planes == 1).astype(np.float32)
+    total = np.einsum("khw,kc->hwc", present, palette[: len(planes)].astype(np.float32))
+    count = present.sum(axis=0)[..., None]
+    rgb = np.where(count > 0, total / np.maximum(count, 1), 0).round().astype(np.uint8)
+    rgb[ignored] = IGNORE_COLOUR
+    return rgb
+
+
+def colorize_mode(mask: np.ndarray, palette: np.ndarray, mode: str, ignore_index: int | None = None) -> np.ndarray:
+    """A target or prediction as ``data.mode`` holds it -> (H, W, 3) uint8 RGB: class indices in their
+    colours (multiclass), the foreground in its colour on black (binary, ``palette`` of the one
+    class), or the blend of each pixel's present classes (multilabel, (K, H, W) planes)."""
+    if mode == "multilabel":
+        return blend_planes(mask, palette, ignore_index)
+    if mode == "binary":
+        palette = np.concatenate([np.array([BACKGROUND_COLOUR], np.uint8), palette[:1]])
+    return colorize(mask, palette, ignore_index)

@@ -35,7 +35,7 @@ from PIL import Image
 
 from semseg.data.cores import data_parallelism
 from semseg.data.mask_encoding import MaskEncoder
-from semseg.data.reading import read_image, read_mask
+from semseg.data.reading import read_image
 from semseg.data.transforms import resize_transform
 from semseg.errors import ConfigError, DataError
 from semseg.files import cache_dir, lock_making, staging_path
@@ -63,8 +63,8 @@ class FileSamples:
         image = read_image(image_path, self.in_channels)
         mask = None
         if mask_path is not None:
-            mask = self.encoder.encode(read_mask(mask_path), mask_path)
-            if mask.shape != image.shape[:2]:
+            mask = self.encoder.encode_file(mask_path)  # (H, W), or (H, W, C) planes of a multi-label mask
+            if mask.shape[:2] != image.shape[:2]:
                 raise DataError(
                     f"{mask_path}: mask is {mask.shape[1]}x{mask.shape[0]} but its image {image_path.name} "
                     f"is {image.shape[1]}x{image.shape[0]} (WxH); image and mask must have the same size."
@@ -95,7 +95,7 @@ class FileSamples:
         digest = hashlib.sha1(f"{CACHE_VERSION}|{self.in_channels}|".encode())
         if self.resize is not None:
             digest.update(f"{self.resize.height}x{self.resize.width}".encode())
-        digest.update(self.encoder.lut.tobytes())
+        digest.update(self.encoder.fingerprint())
         for pair in self.pairs:
             for path in pair:
                 if path is not None:
@@ -110,6 +110,9 @@ class PackedSamples:
 
     def __init__(self, images: np.ndarray, masks: np.ndarray | None, index: np.ndarray):
         self.images, self.masks, self.index = images, masks, index  # index rows: image offset, mask offset, H, W, C
+        # Values per mask pixel: 1, or a multi-label mask's C planes (the same for every sample).
+        pixels = int((index[:, 2] * index[:, 3]).sum()) if len(index) else 0
+        self.mask_planes = 1 if masks is None or not pixels else masks.size // pixels
 
     def __len__(self) -> int:
         return len(self.index)
@@ -119,7 +122,9 @@ class PackedSamples:
         image = self.images[image_at : image_at + height * width * channels].reshape(height, width, channels).copy()
         if self.masks is None:
             return image, None
-        return image, self.masks[mask_at : mask_at + height * width].reshape(height, width).copy()
+        planes = self.mask_planes
+        mask = self.masks[mask_at : mask_at + height * width * planes]
+        return image, (mask.reshape(height, width) if planes == 1 else mask.reshape(height, width, planes)).copy()
 
     @property
     def nbytes(self) -> int:
@@ -134,7 +139,8 @@ class PackedSamples:
         index[:, 2:] = [image.shape for image, _ in samples]
         pixels = index[:, 2] * index[:, 3]
         index[1:, 0] = np.cumsum(pixels * index[:, 4])[:-1]
-        index[1:, 1] = np.cumsum(pixels)[:-1]
+        planes = 1 if samples[0][1] is None or samples[0][1].ndim == 2 else samples[0][1].shape[2]
+        index[1:, 1] = np.cumsum(pixels * planes)[:-1]
         images = np.concatenate([image.ravel() for image, _ in samples])
         labelled = samples[0][1] is not None
         masks = np.concatenate([mask.ravel() for _, mask in samples]) if labelled else None

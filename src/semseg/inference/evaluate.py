@@ -50,6 +50,11 @@ def data_config(cfg: DictConfig, module: SegmentationModule, overrides: Sequence
 
 def _check_fits(data: Mapping, module: SegmentationModule) -> None:
     hp = module.hparams
+    if (data.get("mode") or "multiclass") != module.mode:
+        raise ConfigError(
+            f"the checkpoint was trained with data.mode={module.mode}, but data.mode={data.get('mode')}: "
+            "evaluate it in its own mode (drop the data.mode override)."
+        )
     if data["num_classes"] != hp.num_classes or data.get("in_channels", 3) != hp.in_channels:
         raise ConfigError(
             f"the checkpoint was trained on {hp.num_classes} classes ({', '.join(hp.class_names)}) of "
@@ -75,6 +80,26 @@ def per_class_rows(confusion: torch.Tensor, class_names: Sequence[str]) -> list[
     ]
 
 
+def presence_rows(confusion: torch.Tensor, class_names: Sequence[str]) -> list[dict]:
+    """``per_class_rows`` of a binary or multilabel task, from its (K, 2, 2) presence confusion:
+    each class's row is that of its 'present' side."""
+    return [per_class_rows(planes, ["absent", name])[1] for planes, name in zip(confusion, class_names, strict=True)]
+
+
+def _write_confusion(confusion: torch.Tensor, class_names: Sequence[str], mode: str, folder: Path) -> None:
+    """confusion_matrix.csv: multiclass, rows target and columns prediction; binary and multilabel,
+    one row per class of its pixel counts (tn, fp, fn, tp of its presence)."""
+    with atomic_path(folder / "confusion_matrix.csv") as tmp, tmp.open("w", newline="") as f:
+        writer = csv.writer(f)
+        if mode == "multiclass":
+            writer.writerow(["target \\ prediction", *class_names])
+            writer.writerows([name, *row] for name, row in zip(class_names, confusion.long().tolist(), strict=True))
+        else:
+            writer.writerow(["class", "tn", "fp", "fn", "tp"])
+            counts = confusion.long().flatten(1).tolist()
+            writer.writerows([name, *row] for name, row in zip(class_names, counts, strict=True))
+
+
 def _write_per_class(rows: list[dict], folder: Path) -> str:
     with atomic_path(folder / "per_class.csv") as tmp, tmp.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=PER_CLASS_COLUMNS)
@@ -91,7 +116,8 @@ def evaluate(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict[str, float]
     """Scores ``cfg.ckpt_path`` on ``cfg.split`` with the ``inference`` settings.
 
     Writes ``metrics.json`` (contract names under ``<split>/``), ``per_class.csv``/``.md`` and
-    ``confusion_matrix.csv`` (rows target, columns prediction) into ``cfg.output_dir``.
+    ``confusion_matrix.csv`` (rows target, columns prediction; binary and multilabel: each class's
+    tn, fp, fn, tp) into ``cfg.output_dir``.
 
     Args:
         cfg: the composed ``conf/eval.yaml``.
@@ -119,11 +145,9 @@ def evaluate(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict[str, float]
     output_dir = Path(cfg.output_dir)
     class_names = list(module.hparams.class_names)
     confusion = module.last_confusion[SCORING_STAGE]
-    markdown = _write_per_class(per_class_rows(confusion, class_names), output_dir)
-    with atomic_path(output_dir / "confusion_matrix.csv") as tmp, tmp.open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["target \\ prediction", *class_names])
-        writer.writerows([name, *row] for name, row in zip(class_names, confusion.long().tolist(), strict=True))
+    rows = per_class_rows if module.mode == "multiclass" else presence_rows
+    markdown = _write_per_class(rows(confusion, class_names), output_dir)
+    _write_confusion(confusion, class_names, module.mode, output_dir)
     write_json_atomic(output_dir / METRICS_FILE, json_safe(metrics))
     summary = ", ".join(
         f"{k} {metrics[f'{split}/{k}']:.4f}" for k in ("miou", "dice", "pixel_acc") if f"{split}/{k}" in metrics

@@ -31,7 +31,8 @@ INPUT_CONTRACT = "float32 NCHW pixel values 0-255 (RGB order for 3 channels); an
 
 class PixelsToLogits(nn.Module):
     """The deployable network: raw pixel values in, class logits out, normalisation inside, so a
-    consumer needs nothing but the file (and argmax over dim 1)."""
+    consumer needs nothing but the file (and argmax over dim 1, or a sigmoid and ``threshold`` for
+    binary and multilabel tasks: ``inference_info``'s ``mode``)."""
 
     def __init__(self, module: SegmentationModule):
         super().__init__()
@@ -58,6 +59,10 @@ def inference_info(module: SegmentationModule) -> dict:
         "std": std,
         "image_size": (hp.get("data") or {}).get("image_size"),
         "model": {k: hp.model[k] for k in ("arch", "encoder_name") if k in hp.model},
+        # How to read the logits: multiclass, argmax over dim 1; binary and multilabel, a class is
+        # present where sigmoid(logit) > threshold.
+        "mode": module.mode,
+        "threshold": hp.get("threshold", 0.5),
     }
 
 

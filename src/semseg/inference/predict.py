@@ -1,4 +1,9 @@
-"""predict(cfg): index masks, colour masks and overlays for a folder (or a file) of images."""
+"""predict(cfg): index masks, colour masks and overlays for a folder (or a file) of images.
+
+The masks follow ``data.mode``: multiclass, class indices; binary, 0 (background) / 255
+(foreground), single channel, as binary masks are usually stored; multilabel, a folder
+``masks/<stem>/`` of one ``<class name>.png`` (0 / 255) per class, the layout training reads.
+"""
 
 from __future__ import annotations
 
@@ -15,13 +20,13 @@ from omegaconf import DictConfig
 from tqdm import tqdm
 
 from semseg.data.pairing import IMAGE_EXTENSIONS, index_images
-from semseg.data.palette import colorize
+from semseg.data.palette import colorize_mode
 from semseg.data.reading import read_image
 from semseg.data.transforms import resize_transform
 from semseg.errors import ConfigError, DataError, Problem, problems_message
 from semseg.files import write_bytes_atomic, write_json_atomic
 from semseg.inference.checkpoint import load_module
-from semseg.inference.tiling import InferenceSettings, predict_logits
+from semseg.inference.tiling import InferenceSettings
 from semseg.task.module import SegmentationModule
 
 log = logging.getLogger(__name__)
@@ -62,7 +67,8 @@ def evaluation_transform(module: SegmentationModule):
 def predict_mask(
     module: SegmentationModule, image: np.ndarray, settings: InferenceSettings, transform=None
 ) -> np.ndarray:
-    """(H, W) uint8 class indices of an (H, W, C) uint8 image, at the image's own size.
+    """(H, W) uint8 class indices of an (H, W, C) uint8 image, at the image's own size: binary,
+    0/1; multilabel, (K, H, W) 0/1 planes (``SegmentationModule.prediction``).
 
     ``transform``: ``evaluation_transform(module)``, built once per folder by the caller.
     """
@@ -70,11 +76,11 @@ def predict_mask(
         transform = evaluation_transform(module)
     # Normalised where the image is (the CPU): tiling sends only tiles to the network's device.
     pixels = module.prepare_batch({"image": transform(image=image)["image"][None]})["image"]
-    logits = predict_logits(module.net, pixels, settings)
+    logits = module.predict_logits(pixels, settings)
     height, width = image.shape[:2]
     if logits.shape[-2:] != (height, width):  # trained on resized images: scores back to this size
         logits = F.interpolate(logits.float(), size=(height, width), mode="bilinear", align_corners=False)
-    return logits.argmax(dim=1)[0].to(torch.uint8).cpu().numpy()
+    return module.prediction(logits)[0].to(torch.uint8).cpu().numpy()
 
 
 def overlay(image: np.ndarray, colour: np.ndarray, alpha: float) -> np.ndarray:
@@ -92,8 +98,22 @@ def _encode_png(pixels: np.ndarray, path: Path) -> bytes:
     return data.tobytes()
 
 
-def _planned_outputs(inputs: list[Path], output: Path, kinds: list[str]) -> dict[Path, dict[str, Path]]:
-    return {image: {kind: output / kind / f"{image.stem}.png" for kind in kinds} for image in inputs}
+def _planned_outputs(
+    inputs: list[Path], output: Path, kinds: list[str], mode: str = "multiclass"
+) -> dict[Path, dict[str, Path]]:
+    def path(kind: str, stem: str) -> Path:  # a multi-label mask is a folder of per-class PNGs
+        return output / kind / stem if kind == "masks" and mode == "multilabel" else output / kind / f"{stem}.png"
+
+    return {image: {kind: path(kind, image.stem) for kind in kinds} for image in inputs}
+
+
+def _write_mask(mask: np.ndarray, path: Path, module: SegmentationModule) -> None:
+    """The stored form of a predicted mask (see the module docstring)."""
+    if module.mode == "multilabel":
+        for name, plane in zip(module.hparams.class_names, mask, strict=True):
+            write_bytes_atomic(path / f"{name}.png", _encode_png(plane * np.uint8(255), path / f"{name}.png"))
+    else:
+        write_bytes_atomic(path, _encode_png(mask * np.uint8(255) if module.mode == "binary" else mask, path))
 
 
 def _check_existing(plan: dict[Path, dict[str, Path]], overwrite: bool, skip_existing: bool) -> dict:
@@ -135,7 +155,7 @@ def predict(cfg: DictConfig) -> dict:
     module = load_module(cfg.ckpt_path).to(_device(cfg.device))
     inputs = list_inputs(cfg.input)
     output = Path(cfg.output)
-    plan = _planned_outputs(inputs, output, kinds)
+    plan = _planned_outputs(inputs, output, kinds, module.mode)
     todo = _check_existing(plan, cfg.overwrite, cfg.skip_existing)
     hp = module.hparams
     log.info(f"predicting {len(todo)} image(s) of {cfg.input} into {output} ({len(plan) - len(todo)} done already)")
@@ -151,12 +171,15 @@ def predict(cfg: DictConfig) -> dict:
             )
             continue
         mask = predict_mask(module, image, settings, transform)
-        colour = colorize(mask, module.palette)
-        pictures = {"masks": mask, "colour": colour}
+        colour = colorize_mode(mask, module.palette, module.mode)
+        pictures = {"colour": colour}
         if "overlay" in kinds:
             pictures["overlay"] = overlay(image, colour, cfg.overlay_alpha)
         for kind, path in outputs.items():
-            write_bytes_atomic(path, _encode_png(pictures[kind], path))
+            if kind == "masks":
+                _write_mask(mask, path, module)
+            else:
+                write_bytes_atomic(path, _encode_png(pictures[kind], path))
 
     result = {"predicted": len(todo) - len(failed), "skipped": len(plan) - len(todo), "failed": len(failed)}
     print(f"predicted {result['predicted']} image(s) into {output}; {result['skipped']} had outputs already")

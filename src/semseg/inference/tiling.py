@@ -9,6 +9,7 @@ outvote the others.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 
@@ -104,13 +105,16 @@ def _view_logits(net: nn.Module, images: torch.Tensor, scale: float, flip: tuple
     return logits
 
 
-def _tta_probabilities(net: nn.Module, images: torch.Tensor, settings: InferenceSettings) -> torch.Tensor:
-    """Mean softmax probability over every (scale, flip) view."""
+def _tta_probabilities(
+    net: nn.Module, images: torch.Tensor, settings: InferenceSettings, sigmoid: bool = False
+) -> torch.Tensor:
+    """Mean softmax (or, with ``sigmoid``, per-channel sigmoid) probability over every (scale, flip) view."""
     flips = [(), *(FLIPS[name] for name in settings.flips)]
     total = None
     for scale in settings.scales:
         for flip in flips:
-            probabilities = _view_logits(net, images, scale, flip).float().softmax(dim=1)
+            logits = _view_logits(net, images, scale, flip).float()
+            probabilities = logits.sigmoid() if sigmoid else logits.softmax(dim=1)
             total = probabilities if total is None else total + probabilities
     return total / (len(settings.scales) * len(flips))
 
@@ -140,7 +144,9 @@ def blend_weights(height: int, width: int, ramp: tuple[int, int], device: torch.
     return ramp_1d(height, ramp[0])[:, None] * ramp_1d(width, ramp[1])[None, :]
 
 
-def _tiled_probabilities(net: nn.Module, images: torch.Tensor, settings: InferenceSettings) -> torch.Tensor:
+def _tiled_probabilities(
+    net: nn.Module, images: torch.Tensor, settings: InferenceSettings, sigmoid: bool = False
+) -> torch.Tensor:
     """Blended per-tile probabilities; only tiles (and their batch) go to the network's device, the
     accumulators stay on ``images``' device, so an image far larger than device memory fits."""
     assert settings.tile_size is not None
@@ -160,7 +166,7 @@ def _tiled_probabilities(net: nn.Module, images: torch.Tensor, settings: Inferen
     for first in range(0, len(windows), per_pass):
         chunk = windows[first : first + per_pass]
         tiles = torch.cat([images[..., top : top + tile_h, left : left + tile_w] for top, left in chunk]).to(device)
-        probabilities = _tta_probabilities(net, tiles, settings).to(images.device)
+        probabilities = _tta_probabilities(net, tiles, settings, sigmoid).to(images.device)
         if total is None:
             total = images.new_zeros(batch, probabilities.shape[1], height, width, dtype=torch.float32)
         for index, (top, left) in enumerate(chunk):
@@ -171,17 +177,33 @@ def _tiled_probabilities(net: nn.Module, images: torch.Tensor, settings: Inferen
 
 
 @torch.no_grad()
-def predict_logits(net: nn.Module, images: torch.Tensor, settings: InferenceSettings) -> torch.Tensor:
+def predict_logits(
+    net: nn.Module, images: torch.Tensor, settings: InferenceSettings, sigmoid: bool = False
+) -> torch.Tensor:
     """Class scores of (N, C, H, W) normalised images: (N, K, H, W), argmax = the prediction.
 
     The whole image without TTA returns the network's logits unchanged (the training-time
     forward); tiling or TTA return log mean probabilities, which losses and argmax read as logits.
+    With ``sigmoid`` (binary and multi-label tasks: one sigmoid per channel) they average sigmoid
+    probabilities and return their logits, which sigmoid losses and thresholds read alike.
     """
     if settings.needs_tiles(*images.shape[-2:]):
-        probabilities = _tiled_probabilities(net, images, settings)
+        probabilities = _tiled_probabilities(net, images, settings, sigmoid)
     else:
         images = images.to(next(net.parameters()).device)
         if not settings.uses_tta:
             return net(images)
-        probabilities = _tta_probabilities(net, images, settings)
+        probabilities = _tta_probabilities(net, images, settings, sigmoid)
+    if sigmoid:
+        return torch.logit(probabilities.clamp(_LOG_FLOOR, 1 - _LOG_FLOOR))
     return probabilities.clamp(min=_LOG_FLOOR).log()
+
+
+def logits_to_prediction(logits: torch.Tensor, mode: str = "multiclass", threshold: float = 0.5) -> torch.Tensor:
+    """The prediction of (N, K, H, W) logits as ``data.mode`` reads them: multiclass, the (N, H, W)
+    argmax; binary, (N, H, W) 0/1 where sigmoid > ``threshold``; multilabel, (N, K, H, W) 0/1 planes."""
+    if mode == "multiclass":
+        return logits.argmax(dim=1)
+    # sigmoid(x) > t  <=>  x > logit(t): no sigmoid over every pixel.
+    present = (logits > math.log(threshold / (1 - threshold))).long()
+    return present[:, 0] if mode == "binary" else present

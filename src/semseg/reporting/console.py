@@ -11,8 +11,12 @@ import logging
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from semseg.run_folder import RunFolder
+
+if TYPE_CHECKING:
+    from semseg.data.layout import DataLayout
 
 # Lightning's rank-zero messages (GPU, tips) go through one of these loggers: the last of the two
 # modules imported sets it for both.
@@ -105,7 +109,7 @@ def _scores_table(metrics: Mapping) -> list[str]:
 
 
 def _next_commands(
-    checkpoint: Path, run: Path, data_root: Path, report_folder: Path, wandb_sync: str | None
+    checkpoint: Path, run: Path, data: DataLayout, report_folder: Path, wandb_sync: str | None
 ) -> list[str]:
     """The commands that take the run further, with its paths filled in."""
 
@@ -114,8 +118,9 @@ def _next_commands(
 
     ckpt = f"ckpt_path={shown(checkpoint)}"
     # eval.py scores the test split by default; without one, the validation split.
-    split = "test" if (data_root / "masks" / "test").is_dir() else "val"
-    images = shown(data_root / "images" / split)
+    split = "test" if data.has_labels("test") else "val"
+    # With list files (data.split_files) every split's images share one folder.
+    images = shown(data.root / (f"images/{split}" if data.split_files is None else data.image_folder))
     commands = [
         f"{script('eval.py')} {ckpt}" + ("" if split == "test" else " split=val"),
         f"{script('predict.py')} {ckpt} input={images} output={shown(run / 'predictions')}",
@@ -131,7 +136,7 @@ def training_summary(
     run: Path,
     metrics: Mapping[str, float | str],
     run_info: Mapping,
-    data_root: str | Path,
+    data: str | Path | DataLayout,
     report_folder: Path | None = None,
     wandb_sync: str | None = None,
 ) -> str:
@@ -142,7 +147,7 @@ def training_summary(
         run: the run folder.
         metrics: the run's metrics.json (the best checkpoint's val/* and test/*, or ``validation: off``).
         run_info: the run's run_info.json (``epochs``, ``train_time_s``, ``checkpoint``, ``best_epoch``).
-        data_root: the training data set's folder (predict.py's example input).
+        data: the training data set (its folder, or its layout with list files): predict.py's example input.
         report_folder: the folder for report.py (a multirun's sweep folder); the run by default.
         wandb_sync: the command that uploads an offline W&B run.
     """
@@ -161,6 +166,10 @@ def training_summary(
     if folder.pictures.is_dir():
         lines.append(f"pictures:     {shown(folder.pictures)}")
     lines.append("next:")
-    commands = _next_commands(checkpoint, run, Path(data_root), report_folder or run, wandb_sync)
+    # Imported here: semseg.data loads Lightning, which `train.py --help` must not wait for.
+    from semseg.data.layout import DataLayout
+
+    layout = data if isinstance(data, DataLayout) else DataLayout(Path(data))
+    commands = _next_commands(checkpoint, run, layout, report_folder or run, wandb_sync)
     lines += [f"  {command}" for command in commands]
     return "\n".join(lines)

@@ -25,7 +25,7 @@ from matplotlib.legend import Legend
 from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
-from semseg.data.palette import IGNORE_COLOUR, colorize
+from semseg.data.palette import IGNORE_COLOUR, colorize_mode
 from semseg.files import atomic_path
 
 MIN_FONT_PT = 8  # the smallest text of any picture: tick labels, legends, values, captions
@@ -42,9 +42,10 @@ class Classes:
     names: Sequence[str]
     palette: np.ndarray  # (num_classes, 3) uint8 RGB
     ignore_index: int | None = None
+    mode: str = "multiclass"  # data.mode: binary masks are 0/1, multilabel ones (K, H, W) planes, blended
 
     def colorize(self, mask: np.ndarray) -> np.ndarray:
-        return colorize(mask, self.palette, self.ignore_index)
+        return colorize_mode(mask, self.palette, self.mode, self.ignore_index)
 
     def any_ignored(self, masks: Sequence[np.ndarray]) -> bool:
         return self.ignore_index is not None and any((m == self.ignore_index).any() for m in masks)

@@ -21,6 +21,8 @@ from semseg.task.metrics import boundary_band
 
 MULTICLASS = smp.losses.MULTICLASS_MODE
 TERMS = ("ce", "dice", "focal", "lovasz", "tversky", "boundary_ce")
+# The terms with a sigmoid form (data.mode binary and multilabel): ce is then binary cross-entropy.
+SIGMOID_TERMS = ("ce", "dice", "focal", "lovasz", "tversky")
 # boundary_ce's band width when its config names none (``loss.terms.boundary_ce: 1.0``);
 # conf/loss/boundary_ce.yaml names it, so that ``loss.terms.boundary_ce.width=`` can override it.
 DEFAULT_EDGE_WIDTH = 3
@@ -89,6 +91,62 @@ def build_term(name: str, ignore_index: int, class_weights: Sequence[float] | No
             raise ConfigError(f"unknown loss term '{name}' in loss.terms; valid terms: {', '.join(TERMS)}.")
 
 
+class SigmoidTerm(nn.Module):
+    """An smp loss in binary or multilabel mode, given float targets of the logits' shape: a binary
+    task's (N, H, W) targets become (N, 1, H, W). Ignored pixels keep ``ignore_index``, which the
+    smp losses leave out."""
+
+    def __init__(self, term: nn.Module):
+        super().__init__()
+        self.term = term
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if target.dim() == logits.dim() - 1:
+            target = target.unsqueeze(1)
+        return self.term(logits, target.to(logits.dtype))
+
+
+class MaskedBCE(nn.Module):
+    """smp's ``SoftBCEWithLogitsLoss`` averaged over the pixels that count (smp's own mean would
+    count the ignored ones, as zeros)."""
+
+    def __init__(self, ignore_index: int, **params: Any):
+        super().__init__()
+        self.ignore_index = ignore_index
+        self.bce = smp.losses.SoftBCEWithLogitsLoss(ignore_index=None, reduction="none", **params)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        valid = target != self.ignore_index
+        pixel_loss = self.bce(logits, torch.where(valid, target, 0)) * valid
+        return pixel_loss.sum() / valid.sum().clamp(min=1)
+
+
+def build_sigmoid_term(name: str, ignore_index: int, mode: str, **params: Any) -> nn.Module:
+    """One loss term of a binary or multilabel task (``mode``: smp's ``binary`` or ``multilabel``)
+    on (N, K, H, W) logits and (N, H, W) 0/1 targets (binary) or (N, K, H, W) 0/1 planes."""
+    match name:
+        case "ce":
+            term = MaskedBCE(ignore_index, **params)
+        case "dice":
+            term = smp.losses.DiceLoss(mode, ignore_index=ignore_index, **params)
+        case "focal":
+            # Binary mode for multilabel too: smp 0.6's multilabel focal loss indexes each class plane
+            # with the (N, K, H, W) ignore mask and fails; binary mode takes every plane's pixels at once.
+            term = smp.losses.FocalLoss(smp.losses.BINARY_MODE, ignore_index=ignore_index, **params)
+        case "lovasz":  # the Lovasz hinge
+            term = smp.losses.LovaszLoss(mode, ignore_index=ignore_index, **params)
+        case "tversky":
+            term = smp.losses.TverskyLoss(mode, ignore_index=ignore_index, **params)
+        case _ if name in TERMS:
+            raise ConfigError(
+                f"loss.terms.{name} has no {mode} form (data.mode={mode}); choose among {', '.join(SIGMOID_TERMS)} "
+                "(loss=ce, ce_dice, dice, focal, lovasz, tversky or focal_tversky)."
+            )
+        case _:
+            raise ConfigError(f"unknown loss term '{name}' in loss.terms; valid terms: {', '.join(SIGMOID_TERMS)}.")
+    return SigmoidTerm(term)
+
+
 class CompoundLoss(nn.Module):
     """Weighted sum of named terms; returns the total and each (unweighted) term."""
 
@@ -116,7 +174,11 @@ def _weight_and_params(name: str, spec: Any) -> tuple[float, dict[str, Any]]:
 
 
 def build_loss(
-    cfg: Mapping, num_classes: int, ignore_index: int, class_weights: Sequence[float] | None = None
+    cfg: Mapping,
+    num_classes: int,
+    ignore_index: int,
+    class_weights: Sequence[float] | None = None,
+    mode: str = MULTICLASS,
 ) -> CompoundLoss:
     """Builds the ``loss`` config group.
 
@@ -125,17 +187,27 @@ def build_loss(
         num_classes: number of classes, to check ``class_weights`` against.
         ignore_index: target value every term ignores.
         class_weights: per-class weights for the terms that take them, or None.
+        mode: ``data.mode``: multiclass (softmax), or binary and multilabel (a sigmoid per channel,
+            the terms' binary forms; class weights are refused there).
     """
     terms = dict(cfg.get("terms") or {})
     if not terms:
         raise ConfigError(f"loss.terms is empty; give at least one of {', '.join(TERMS)} with a weight.")
+    if mode != MULTICLASS and class_weights is not None:
+        raise ConfigError(
+            f"loss.class_weights is not used with data.mode={mode} (a sigmoid per class): set "
+            "loss.class_weights=null, or pick a loss without them (loss=ce_dice; data=folder's default is wce)."
+        )
     if class_weights is not None and len(class_weights) != num_classes:
         raise ConfigError(f"loss.class_weights has {len(class_weights)} values but data.num_classes={num_classes}.")
     modules, weights = {}, {}
     for name, spec in terms.items():
         weights[name], params = _weight_and_params(name, spec)
         try:
-            modules[name] = build_term(name, ignore_index, class_weights, **params)
+            if mode == MULTICLASS:
+                modules[name] = build_term(name, ignore_index, class_weights, **params)
+            else:
+                modules[name] = build_sigmoid_term(name, ignore_index, mode, **params)
         except TypeError as error:  # an argument the term does not take
             raise ConfigError(f"loss.terms.{name}: {error}") from error
     return CompoundLoss(modules, weights)

@@ -170,3 +170,87 @@ def scores_from_confusion(
             scores[f"iou/{name}"] = iou[index].item()
             scores[f"dice/{name}"] = dice[index].item()
     return scores
+
+
+class PresenceConfusion(Metric):
+    """(K, 2, 2) pixel confusion of each class's presence (rows target absent/present, columns
+    prediction), for binary (K = 1) and multilabel tasks, where each class is its own yes/no.
+
+    Args:
+        num_classes: K, the sigmoid outputs.
+        ignore_index: target value of pixels left out (in any class plane).
+    """
+
+    full_state_update = False
+
+    def __init__(self, num_classes: int, ignore_index: int):
+        super().__init__()
+        self.num_classes, self.ignore_index = num_classes, ignore_index
+        self.add_state("confusion", torch.zeros(num_classes, 2, 2, dtype=torch.long), dist_reduce_fx="sum")
+
+    def update(self, preds: torch.Tensor, target: torch.Tensor) -> None:
+        """Adds (N, K, H, W) 0/1 predictions and targets (``presence_planes``)."""
+        valid = target != self.ignore_index
+        plane = torch.arange(self.num_classes, device=preds.device).view(1, -1, 1, 1)
+        index = plane * 4 + target.clamp(0, 1) * 2 + preds.long()
+        # scatter_add with 0/1 weights instead of boolean indexing: no host-device sync.
+        counts = torch.zeros(self.num_classes * 4, dtype=torch.long, device=preds.device)
+        counts.scatter_add_(0, index.flatten(), valid.flatten().long())
+        self.confusion += counts.view(self.num_classes, 2, 2)
+
+    def compute(self) -> torch.Tensor:
+        return self.confusion
+
+
+def presence_planes(preds: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, K, H, W) predictions and targets of a binary task's (N, H, W) ones; multilabel's as they are."""
+    return (preds[:, None], target[:, None]) if target.dim() == 3 else (preds, target)
+
+
+def boundary_planes(preds: torch.Tensor, target: torch.Tensor, ignore_index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Presence planes as class indices for ``BoundaryIoU(2 * K, ignore_index=-1, ...)``: plane k's
+    absent pixels are 2k, its present ones 2k + 1, each plane an image of its own, so the metric's
+    odd entries are the boundary IoU of each class's foreground."""
+    preds, target = presence_planes(preds, target)
+    plane = torch.arange(target.shape[1], device=target.device).view(1, -1, 1, 1) * 2
+    labels = torch.where(target != ignore_index, plane + target.clamp(0, 1), -1)
+    return (plane + preds.long()).flatten(0, 1), labels.flatten(0, 1)
+
+
+def scores_from_presence(
+    confusion: torch.Tensor, class_names: Sequence[str], boundary_iou: torch.Tensor | None = None
+) -> dict[str, float]:
+    """Contract scores of a binary or multilabel task from its (K, 2, 2) ``PresenceConfusion``.
+
+    Returns:
+        ``miou`` and ``dice`` (the foreground's in a binary task, the mean over classes in a
+        multilabel one), ``pixel_acc`` (the share of right yes/no decisions), ``iou/<name>``,
+        ``dice/<name>``, ``precision/<name>``, ``recall/<name>``, and ``boundary_iou`` (the class
+        mean of the odd entries of a ``BoundaryIoU`` over ``boundary_planes``) when given.
+    """
+    per_class = {name: values[:, 1] for name, values in per_class_scores(confusion).items()}
+    total = confusion.sum()
+    right = confusion.diagonal(dim1=-2, dim2=-1).sum()
+    scores = {
+        "miou": per_class["iou"].nanmean().item(),
+        "dice": per_class["dice"].nanmean().item(),
+        "pixel_acc": (right.double() / total).item() if total > 0 else math.nan,
+    }
+    if boundary_iou is not None:
+        scores["boundary_iou"] = boundary_iou.double()[1::2].nanmean().item()
+    for index, name in enumerate(class_names):
+        for score in ("iou", "dice", "precision", "recall"):
+            scores[f"{score}/{name}"] = per_class[score][index].item()
+    return scores
+
+
+def per_image_presence_iou(preds: torch.Tensor, target: torch.Tensor, ignore_index: int) -> torch.Tensor:
+    """(N,) IoU of each image's foreground (binary) or mean of its classes' IoUs (multilabel, over
+    the classes present in its target or prediction); pixels whose target is ``ignore_index`` skipped."""
+    preds, target = presence_planes(preds, target)
+    valid = target != ignore_index
+    present, predicted = (target == 1) & valid, (preds == 1) & valid
+    intersection = (present & predicted).sum(dim=(-2, -1)).double()
+    union = (present | predicted).sum(dim=(-2, -1)).double()
+    iou = torch.where(union > 0, intersection / union.clamp(min=1), math.nan)
+    return iou.nanmean(dim=-1)

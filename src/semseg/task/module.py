@@ -17,13 +17,22 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.optim.lr_scheduler import LRScheduler
 
 from semseg.data.batch import BatchPreparer
+from semseg.data.multilabel_masks import MULTICLASS, check_mode, check_threshold
 from semseg.data.palette import class_palette
 from semseg.errors import ConfigError, TrainingDiverged
-from semseg.inference.tiling import InferenceSettings, predict_logits
+from semseg.inference.tiling import InferenceSettings, logits_to_prediction, predict_logits
 from semseg.models import build_model, encoder_normalization
 from semseg.run_folder import RunFolder
 from semseg.task.losses import build_loss
-from semseg.task.metrics import BoundaryIoU, confusion_matrix_metric, scores_from_confusion
+from semseg.task.metrics import (
+    BoundaryIoU,
+    PresenceConfusion,
+    boundary_planes,
+    confusion_matrix_metric,
+    presence_planes,
+    scores_from_confusion,
+    scores_from_presence,
+)
 from semseg.task.param_groups import FineTuning, logged_learning_rates, optimizer_arguments, parameter_groups
 from semseg.task.schedulers import build_scheduler
 
@@ -57,6 +66,10 @@ class SegmentationModule(L.LightningModule):
             TTA; see ``semseg.inference.tiling``).
         data: the training ``data`` config, kept for inference (input size, label map) and as
             eval.py's default data.
+        mode: ``data.mode``: ``multiclass`` (softmax, argmax), ``binary`` (one foreground logit) or
+            ``multilabel`` (a sigmoid per class); saved, so inference reads its checkpoints alike.
+        threshold: ``data.threshold``, the sigmoid probability above which binary and multilabel
+            outputs count as present.
     """
 
     def __init__(
@@ -75,8 +88,12 @@ class SegmentationModule(L.LightningModule):
         palette: Sequence[Sequence[int]] | None = None,
         inference: Mapping | None = None,
         data: Mapping | None = None,
+        mode: str = MULTICLASS,
+        threshold: float = 0.5,
     ):
         super().__init__()
+        check_mode(mode, num_classes)
+        check_threshold(threshold)
         self.save_hyperparameters()
         self.net = build_model(model, in_channels, num_classes)
         self._fine_tuning()  # a bad fine-tuning setting stops here, before any work
@@ -84,18 +101,28 @@ class SegmentationModule(L.LightningModule):
             mean, std = encoder_normalization(model, in_channels)
             self.hparams["normalization"] = {"mean": mean, "std": std}
         if palette is None:
-            self.hparams["palette"] = class_palette(num_classes).tolist()
+            # Sigmoid tasks have no background class: every class gets a colour other than black.
+            default = class_palette(num_classes) if mode == MULTICLASS else class_palette(num_classes + 1)[1:]
+            self.hparams["palette"] = default.tolist()
         elif len(palette) != num_classes or any(len(c) != 3 or not all(0 <= v <= 255 for v in c) for c in palette):
             raise ConfigError(f"data.palette={list(palette)}: give one [R, G, B] (0-255) per class ({num_classes}).")
         self.prepare_batch = BatchPreparer(*self.normalization, ignore_index)
         self.inference = InferenceSettings.from_config(inference)
-        self.loss = build_loss(loss, num_classes, ignore_index, class_weights)
-        self.confusion = nn.ModuleDict(
-            {stage: confusion_matrix_metric(num_classes, ignore_index) for stage in EVAL_STAGES}
-        )
-        self.boundary = nn.ModuleDict(
-            {stage: BoundaryIoU(num_classes, ignore_index, boundary_width) for stage in EVAL_STAGES}
-        )
+        self.loss = build_loss(loss, num_classes, ignore_index, class_weights, mode)
+        if mode == MULTICLASS:
+            self.confusion = nn.ModuleDict(
+                {stage: confusion_matrix_metric(num_classes, ignore_index) for stage in EVAL_STAGES}
+            )
+            self.boundary = nn.ModuleDict(
+                {stage: BoundaryIoU(num_classes, ignore_index, boundary_width) for stage in EVAL_STAGES}
+            )
+        else:  # each class a yes/no: a (K, 2, 2) confusion, boundaries of each class plane
+            self.confusion = nn.ModuleDict(
+                {stage: PresenceConfusion(num_classes, ignore_index) for stage in EVAL_STAGES}
+            )
+            self.boundary = nn.ModuleDict(
+                {stage: BoundaryIoU(2 * num_classes, -1, boundary_width) for stage in EVAL_STAGES}
+            )
         self._compiled = False
         # Non-finite training losses seen since the last check: counted on the device, so no
         # step waits for the GPU; read every log_every_n_steps and before any checkpoint is saved.
@@ -173,6 +200,21 @@ class SegmentationModule(L.LightningModule):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.net(images)
 
+    @property
+    def mode(self) -> str:
+        """``data.mode`` of the task (checkpoints from before it are multiclass)."""
+        return self.hparams.get("mode", MULTICLASS)
+
+    def predict_logits(self, images: torch.Tensor, settings: InferenceSettings | None = None) -> torch.Tensor:
+        """``predict_logits`` of the network with ``settings`` (default: the module's own), softmax- or
+        sigmoid-averaged as the mode reads its outputs."""
+        return predict_logits(self.net, images, settings or self.inference, sigmoid=self.mode != MULTICLASS)
+
+    def prediction(self, logits: torch.Tensor) -> torch.Tensor:
+        """What the mode predicts from logits: class indices (N, H, W), binary 0/1 (N, H, W) or
+        multilabel 0/1 planes (N, K, H, W) (``logits_to_prediction``)."""
+        return logits_to_prediction(logits, self.mode, self.hparams.get("threshold", 0.5))
+
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         """The loader's uint8 batch, now on this module's device, as the network and loss take it
         (normalised float images, int64 targets): converting here, on the device, moves a quarter
@@ -181,7 +223,7 @@ class SegmentationModule(L.LightningModule):
 
     def _shared_step(self, batch: dict[str, Any], stage: str) -> tuple[torch.Tensor, torch.Tensor | None]:
         images, masks = batch["image"], batch["mask"]
-        logits = self(images) if stage == "train" else predict_logits(self.net, images, self.inference)
+        logits = self(images) if stage == "train" else self.predict_logits(images)
         total, terms = self.loss(logits, masks)
         batch_size = images.shape[0]
         if stage == "train":
@@ -193,9 +235,13 @@ class SegmentationModule(L.LightningModule):
                 self.log(f"train/loss_{name}", value, on_step=True, batch_size=batch_size)
         else:
             self.log(f"{stage}/loss", total, on_epoch=True, sync_dist=True, batch_size=batch_size)
-            preds = logits.argmax(dim=1)
-            self.confusion[stage].update(preds, masks)
-            self.boundary[stage].update(preds, masks)
+            preds = self.prediction(logits)
+            if self.mode == MULTICLASS:
+                self.confusion[stage].update(preds, masks)
+                self.boundary[stage].update(preds, masks)
+            else:
+                self.confusion[stage].update(*presence_planes(preds, masks))
+                self.boundary[stage].update(*boundary_planes(preds, masks, self.hparams.ignore_index))
             return total, preds
         return total, None
 
@@ -236,9 +282,12 @@ class SegmentationModule(L.LightningModule):
     def _log_scores(self, stage: str) -> None:
         confusion, boundary = self.confusion[stage], self.boundary[stage]
         self.last_confusion[stage] = confusion.compute().detach().cpu()
-        scores = scores_from_confusion(
-            self.last_confusion[stage], self.hparams.class_names, self.hparams.ignore_index, boundary.compute()
-        )
+        if self.mode == MULTICLASS:
+            scores = scores_from_confusion(
+                self.last_confusion[stage], self.hparams.class_names, self.hparams.ignore_index, boundary.compute()
+            )
+        else:
+            scores = scores_from_presence(self.last_confusion[stage], self.hparams.class_names, boundary.compute())
         confusion.reset()
         boundary.reset()
         # Absent classes (NaN) are not logged: they have no score, and a NaN would poison charts.

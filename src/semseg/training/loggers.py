@@ -3,6 +3,7 @@ TensorBoard, MLflow, or several at once; what each gets beyond Lightning's metri
 
 from __future__ import annotations
 
+import logging
 import netrc
 import os
 from collections.abc import Mapping
@@ -24,14 +25,18 @@ from semseg.extras import CHOICES, require_extra
 from semseg.online import can_reach
 from semseg.training.distributed import in_multirun
 
+log = logging.getLogger(__name__)
+
 WANDB_DEFAULT_URL = "https://api.wandb.ai"
-WANDB_RUN_ID_KEY = "wandb_run_id"  # where a checkpoint keeps its W&B run, for resuming it
+# Where a checkpoint keeps the runs of its loggers, which resuming it continues.
+RUN_ID_KEYS = {"wandb": "wandb_run_id", "mlflow": "mlflow_run_id"}
 # The short names of the loggers semseg knows (conf/logger/<name>.yaml), by Lightning class.
 LOGGER_NAMES = {
     "WandbLogger": "wandb",
     "CSVLogger": "csv",
     "TensorBoardLogger": "tensorboard",
     "MLFlowLogger": "mlflow",
+    "MLflowRunLogger": "mlflow",
 }
 MLFLOW_STORE_FILE = "mlflow.db"  # the local store's database, in logger.save_dir (mlruns/)
 
@@ -112,14 +117,14 @@ def _short_name(config: Mapping) -> str:
 
 
 def build_logger(
-    cfg: Mapping | None, identity: Mapping[str, Any] | None = None, resume_id: str | None = None
+    cfg: Mapping | None, identity: Mapping[str, Any] | None = None, resume_ids: Mapping[str, str] | None = None
 ) -> Logger | list[Logger] | bool:
     """Instantiates the ``logger`` config group: one logger (``logger=wandb``), a list of them
     (``logger=many``: one per key), or nothing (``logger=none``, or every entry null).
 
     ``identity`` (``run_identity``) names the run where the config leaves it null: W&B's
-    ``name``/``group``/``tags``, MLflow's ``run_name`` and tags. ``resume_id`` (the W&B run of the
-    checkpoint being resumed) continues that run.
+    ``name``/``group``/``tags``, MLflow's ``run_name`` and tags. ``resume_ids`` (``logger_run_ids``
+    of the checkpoint being resumed) continue its W&B and MLflow runs.
 
     Raises:
         ConfigError: a logger whose extra is not installed (the install command), or a ``logger``
@@ -133,19 +138,19 @@ def build_logger(
         extra = CHOICES.get(("logger", _short_name(config)))  # the extras that logger=<name> needs
         if extra:
             require_extra(extra, what)
-    loggers = [_instantiate(_prepared(config, identity or {}, resume_id)) for config in configs.values()]
+    loggers = [_instantiate(_prepared(config, identity or {}, resume_ids or {})) for config in configs.values()]
     if "_target_" in cfg and len(loggers) == 1:
         return loggers[0]
     return loggers or False
 
 
-def _prepared(config: dict, identity: Mapping[str, Any], resume_id: str | None) -> dict:
+def _prepared(config: dict, identity: Mapping[str, Any], resume_ids: Mapping[str, str]) -> dict:
     """One logger's config with semseg's particulars filled in."""
     name = _short_name(config)
     if name == "wandb":
-        return _wandb_config(config, identity, resume_id)
+        return _wandb_config(config, identity, resume_ids.get("wandb"))
     if name == "mlflow":
-        return _mlflow_config(config, identity)
+        return _mlflow_config(config, identity, resume_ids.get("mlflow"))
     return config
 
 
@@ -171,9 +176,11 @@ def _wandb_config(config: dict, identity: Mapping[str, Any], resume_id: str | No
     return config
 
 
-def _mlflow_config(config: dict, identity: Mapping[str, Any]) -> dict:
+def _mlflow_config(config: dict, identity: Mapping[str, Any], resume_id: str | None) -> dict:
     """MLflow's config: a local SQLite store in ``save_dir`` when no ``tracking_uri`` is given, the
-    run named and tagged from ``identity``, and MLflow's usage telemetry off."""
+    run named and tagged from ``identity``, and MLflow's usage telemetry off. ``resume_id`` (the run
+    of the checkpoint being resumed) is continued where the store holds it and the logger can
+    (``MLflowRunLogger``, conf/logger/mlflow.yaml's); elsewhere a new run starts."""
     # MLflow reads it when imported (by the logger, just below): training sends nothing anywhere
     # but the tracking store. A user's own MLFLOW_DISABLE_TELEMETRY=false still wins.
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -192,7 +199,23 @@ def _mlflow_config(config: dict, identity: Mapping[str, Any]) -> dict:
     if not config.get("run_name"):
         config["run_name"] = identity.get("name")
     config["tags"] = {**_mlflow_tags(identity), **(config.get("tags") or {})}
+    if resume_id and config["_target_"].endswith("MLflowRunLogger"):
+        if _mlflow_run_exists(config["tracking_uri"], resume_id):
+            config["run_id"] = resume_id
+        else:
+            log.info(f"MLflow run {resume_id} of the checkpoint is not in {config['tracking_uri']}: starting a new run")
     return config
+
+
+def _mlflow_run_exists(tracking_uri: str, run_id: str) -> bool:
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    try:
+        MlflowClient(tracking_uri).get_run(run_id)
+    except MlflowException:
+        return False
+    return True
 
 
 def _mlflow_tags(identity: Mapping[str, Any]) -> dict[str, str]:
@@ -237,21 +260,23 @@ def log_run_config(loggers: list[Logger], cfg: DictConfig, module_hparams: Mappi
             logger.experiment.log_text(logger.run_id, OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
 
 
-def wandb_run_id(checkpoint_path: str | Path | None) -> str | None:
-    """The W&B run id saved in a checkpoint (see ``WandbRunInCheckpoint``)."""
+def logger_run_ids(checkpoint_path: str | Path | None) -> dict[str, str]:
+    """The W&B and MLflow run ids saved in a checkpoint (see ``LoggerRunsInCheckpoint``), by logger."""
     if not checkpoint_path or not Path(checkpoint_path).is_file():
-        return None
+        return {}
     checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True, mmap=True)
-    return checkpoint.get(WANDB_RUN_ID_KEY)
+    return {name: checkpoint[key] for name, key in RUN_ID_KEYS.items() if checkpoint.get(key)}
 
 
-class WandbRunInCheckpoint(L.Callback):
-    """Saves the W&B run's id in every checkpoint: resuming from it continues that run."""
+class LoggerRunsInCheckpoint(L.Callback):
+    """Saves the W&B and MLflow runs' ids in every checkpoint: resuming from it continues them."""
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
-                checkpoint[WANDB_RUN_ID_KEY] = logger.version
+                checkpoint[RUN_ID_KEYS["wandb"]] = logger.version
+            elif isinstance(logger, MLFlowLogger) and logger.run_id:
+                checkpoint[RUN_ID_KEYS["mlflow"]] = logger.run_id
 
 
 def mark_preempted(logger: Logger | list[Logger] | bool) -> None:
@@ -266,6 +291,7 @@ def finish_logger(
     summary: Mapping[str, Any] | None = None,
     exit_code: int = 0,
     say_sync: bool = True,
+    preempted: bool = False,
 ) -> str | None:
     """Ends the run of every logger, ``summary``'s values added, and returns the command that
     uploads an offline W&B run (None when there is none).
@@ -277,18 +303,20 @@ def finish_logger(
       instead of logging into this one.
     - MLflow: the summary's numbers as metrics (``val/miou_best``, ``train_time_s``, ...); the run
       ends FINISHED, or FAILED with ``exit_code=1`` (also when the failure came after Lightning had
-      ended it FINISHED: between fit and test, say).
+      ended it FINISHED: between fit and test, say), or KILLED when ``preempted`` (SIGTERM: resuming
+      the checkpoint continues the run).
     - TensorBoard: the config and the summary's numbers in the HPARAMS tab, to compare runs.
     - Others (CSV): Lightning has finalized them after each stage.
     """
     numbers = {} if exit_code else _numbers(summary or {})
     status = "failed" if exit_code else "success"
+    mlflow_status = "KILLED" if preempted else status
     sync = None
     for each in loggers_of(logger):
         if isinstance(each, WandbLogger):
             sync = _finish_wandb(each, summary, exit_code, say_sync)
         elif isinstance(each, MLFlowLogger):
-            _finish_mlflow(each, numbers, status)
+            _finish_mlflow(each, numbers, mlflow_status)
         elif isinstance(each, TensorBoardLogger):
             if numbers:
                 each.log_hyperparams(each.hparams, metrics=numbers)

@@ -19,6 +19,7 @@ from semseg.builders import build_run
 from semseg.callbacks import EpochLog, ModelSummaryWithFlops, OptunaPruning, StopRanksOnError
 from semseg.data import SegmentationDataModule
 from semseg.data.inspection import DataReport
+from semseg.data.layout import DataLayout
 from semseg.data.sampling import EpochSeeding
 from semseg.data.synthetic import own_folder_groups, own_folder_or_synthetic
 from semseg.files import json_safe, write_json_atomic
@@ -30,13 +31,13 @@ from semseg.trainer_defaults import check_gpus_exist, refuse_spawned_ranks, slur
 from semseg.training.checkpoints import CheckpointBeside, build_callbacks, resume_checkpoint
 from semseg.training.distributed import in_multirun, ranks_run_this_job
 from semseg.training.loggers import (
-    WandbRunInCheckpoint,
+    LoggerRunsInCheckpoint,
     build_logger,
     finish_logger,
     log_run_config,
+    logger_run_ids,
     mark_preempted,
     run_identity,
-    wandb_run_id,
 )
 from semseg.training.output_faults import output_faults
 from semseg.training.run_lock import run_lock
@@ -122,7 +123,7 @@ def _train_into(run: RunFolder, cfg: DictConfig) -> dict[str, float]:
     report, module, datamodule = build_run(cfg, seed, resume_from=ckpt_path)
     if rank_zero_only.rank == 0:
         write_json_atomic(run.data_report, report.to_json())
-    logger = build_logger(cfg.get("logger"), run_identity(cfg), wandb_run_id(ckpt_path))
+    logger = build_logger(cfg.get("logger"), run_identity(cfg), logger_run_ids(ckpt_path))
     try:
         with ranks_run_this_job():
             metrics, run_info = _fit_and_evaluate(cfg, module, datamodule, logger, report, ckpt_path)
@@ -133,7 +134,7 @@ def _train_into(run: RunFolder, cfg: DictConfig) -> dict[str, float]:
             f"run folder to continue (resume=auto), or pass ckpt_path={last}."
         )
         mark_preempted(logger)  # W&B shows the run as pre-empted, to be resumed
-        finish_logger(logger, exit_code=1)
+        finish_logger(logger, exit_code=1, preempted=True)  # MLflow: KILLED
         raise SystemExit(0) from None  # a clean stop: the requeued job carries on
     except BaseException:
         finish_logger(logger, exit_code=1)
@@ -145,7 +146,7 @@ def _train_into(run: RunFolder, cfg: DictConfig) -> dict[str, float]:
     if rank_zero_only.rank == 0:
         # A multirun's report covers its whole sweep: the jobs' folders are <sweep>/<n>.
         report_folder = output_dir.parent if in_multirun() else output_dir
-        log.info(training_summary(output_dir, metrics, run_info, cfg.data.root, report_folder, sync))
+        log.info(training_summary(output_dir, metrics, run_info, DataLayout.of(cfg.data), report_folder, sync))
     return metrics
 
 
@@ -167,7 +168,7 @@ def _fit_and_evaluate(
     # a failed rank 0 must not leave the other ranks waiting, and the run's record (an epoch's
     # line in train.log) must not depend on which callbacks a config picks.
     epoch_log = EpochLog()
-    callbacks += [EpochSeeding(datamodule.seed), StopRanksOnError(), WandbRunInCheckpoint(), epoch_log]
+    callbacks += [EpochSeeding(datamodule.seed), StopRanksOnError(), LoggerRunsInCheckpoint(), epoch_log]
     # A trial's job of hparams_search=optuna (the sweeper left the trial's link in the run folder):
     # val/miou goes to the trial every epoch, and the study's pruner may stop the training.
     pruning = OptunaPruning.for_run(run.root)
