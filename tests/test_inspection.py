@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +17,7 @@ import pytest
 from PIL import Image
 
 from semseg.data import SegmentationDataModule
-from semseg.data.inspection import inspect_folder
+from semseg.data.inspection import inspect_data, inspect_folder
 from semseg.errors import DataError
 from semseg.training.train import train
 
@@ -218,3 +219,26 @@ def test_the_script_lists_the_stored_values_when_num_classes_is_not_set(tmp_path
     assert result.returncode == 1
     assert "store the values 0 (83.6%), 255 (16.4%)" in result.stdout  # 168 of 1024 pixels are 255
     assert "error: data.num_classes is not set" in result.stderr and "data.label_map" in result.stderr
+
+
+def test_a_second_check_opens_no_image_unless_it_changed(tiny_root: Path, tmp_path: Path, monkeypatch):
+    from semseg.data import inspection
+
+    root = tmp_path / "copy"
+    shutil.copytree(tiny_root, root)
+    opened = []
+    real_open = inspection.Image.open
+    monkeypatch.setattr(inspection.Image, "open", lambda path, *a, **k: opened.append(path) or real_open(path, *a, **k))
+    data = {"root": str(root), "num_classes": 5}
+    first = inspect_data(data)
+    assert len(opened) == 16 and not first.problems  # 8 train, 4 val, 4 test images
+    opened.clear()
+    assert inspect_data(data).splits["train"].image_sizes == first.splits["train"].image_sizes
+    assert opened == []  # every header from the cache
+    changed = sorted((root / "images" / "val").iterdir())[0]
+    changed.write_bytes(changed.read_bytes()[:40])  # cut short: read again, reported, and not cached
+    for _ in range(2):
+        opened.clear()
+        report = inspect_data(data)
+        assert [str(p) for p in opened] == [str(changed)]
+        assert any(p.file == str(changed) for p in report.problems)

@@ -23,6 +23,7 @@ from PIL import Image, UnidentifiedImageError
 from semseg.data.batch import MASK_PAD_CODE
 from semseg.data.class_weights import METHODS, ClassCounts, weights_from_counts
 from semseg.data.colour_labels import suggested_colour_map, unpack
+from semseg.data.image_headers import cached_headers
 from semseg.data.layout import DataLayout
 from semseg.data.mask_encoding import INVALID_CODE, MaskEncoder, resolve_class_names
 from semseg.data.mask_stats import MaskSummary, summarize_masks
@@ -377,12 +378,19 @@ def inspect_folder(
     colour_map, unmapped = encoder.colours is not None, {}
     colours_found = "" if colour_map else suggested_colour_map(_stored_colours(summaries.values()))
 
+    image_paths = [image for pairs in pairs_by_split.values() for image, _ in pairs]
+    if full:  # every image decoded: nothing to take from a cache
+        found_headers = [_image_size(path, True) for path in image_paths]
+    else:
+        found_headers = cached_headers(root, image_paths, lambda path: _image_size(path, False))
+    headers = dict(zip(image_paths, found_headers, strict=True))
+
     splits, palette_masks = {}, 0
     for split, pairs in pairs_by_split.items():
         labelled = bool(pairs) and pairs[0][1] is not None
         report = SplitReport(len(pairs), labelled, ClassCounts.zeros(num_classes) if labelled else None)
         for image_path, mask_path in pairs:
-            size, mode, problem = _image_size(image_path, full)
+            size, mode, problem = headers[image_path]
             if problem:
                 problems.append(problem)
             else:

@@ -92,15 +92,17 @@ def summarize_mask(path: Path) -> MaskSummary:
     return summary
 
 
-def _cache_file(root: Path) -> Path:
+def _cache_file(root: Path, kind: str = "masks") -> Path:
+    """The cache of ``kind`` (``masks``, ``images``) for the data root ``root``."""
     key = hashlib.sha1(str(root.resolve()).encode()).hexdigest()[:16]
-    return cache_dir() / "masks" / f"{root.name}-{key}.json"
+    return cache_dir() / kind / f"{root.name}-{key}.json"
 
 
-def _load_cache(path: Path) -> dict:
+def _load_cache(path: Path, version: int = CACHE_VERSION) -> dict:
+    """A per-file cache's entries, or none when it is missing, unreadable or of another version."""
     try:
         cached = json.loads(path.read_text())
-        return cached["files"] if cached.get("version") == CACHE_VERSION else {}
+        return cached["files"] if cached.get("version") == version else {}
     except (OSError, ValueError, KeyError, TypeError):
         return {}  # no cache yet, or an unreadable one: recompute
 
