@@ -86,6 +86,16 @@ def with_tiny_encoder(cfg: DictConfig, overrides: tuple[str, ...]) -> None:
         cfg.model.encoder_name = TINY_ENCODER.split("=", 1)[1]
 
 
+def folder_cfg(root: Path, out: Path, *overrides: str) -> DictConfig:
+    """A cheap training config (CHEAP, from scratch, no augmentation) on the folder ``root``,
+    writing into ``out``: for tests that bring their own data set."""
+    base = ["data=folder", f"data.root={root}", *CHEAP, "model.encoder_weights=null", "augment=none", "resume=false"]
+    cfg = compose_cfg([*base, *overrides])
+    with open_dict(cfg):
+        cfg.output_dir = str(out)
+    return cfg
+
+
 @pytest.fixture
 def make_cfg(tiny_root: Path, tmp_path: Path):
     """Builds a cheap training config on the tiny data set, writing into ``tmp_path/run``."""

@@ -20,7 +20,7 @@ from semseg.inference.export import export
 from semseg.inference.predict import predict
 from semseg.task.losses import build_loss
 from semseg.training.train import train
-from tests.conftest import compose_named
+from tests.conftest import compose_named, folder_cfg
 
 BINARY = ["data.mode=binary", "data.num_classes=1", "data.class_names=[blob]", "data.label_map={0: 0, 255: 1}"]
 
@@ -60,29 +60,7 @@ def binary_run(blobs: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _cfg(root: Path, out: Path, *overrides: str):
-    cfg = compose_named(
-        "train",
-        [
-            "data=folder",
-            f"data.root={root}",
-            *BINARY,
-            "data.ignore_index=128",
-            "model.encoder_name=tu-test_resnet",
-            "model.encoder_weights=null",
-            "trainer=cpu",
-            "trainer.enable_model_summary=false",
-            "logger=csv",
-            "data.batch_size=4",
-            "data.num_workers=0",
-            "augment=none",
-            "callbacks.validation_pictures=null",
-            "resume=false",
-            *overrides,
-        ],
-    )
-    with open_dict(cfg):
-        cfg.output_dir = str(out)
-    return cfg
+    return folder_cfg(root, out, *BINARY, "data.ignore_index=128", *overrides)
 
 
 def test_binary_training_finds_the_foreground_and_logs_its_scores(binary_run: Path):

@@ -25,7 +25,7 @@ from semseg.inference.predict import predict
 from semseg.inference.tiling import InferenceSettings, logits_to_prediction, predict_logits
 from semseg.task.metrics import PresenceConfusion, scores_from_presence
 from semseg.training.train import train
-from tests.conftest import compose_named
+from tests.conftest import compose_named, folder_cfg
 
 CLASSES = ["road", "shadow", "car"]
 MULTILABEL = ["data.mode=multilabel", "data.num_classes=3", f"data.class_names=[{','.join(CLASSES)}]"]
@@ -71,28 +71,7 @@ def overlaps(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _cfg(root: Path, out: Path, *overrides: str):
-    cfg = compose_named(
-        "train",
-        [
-            "data=folder",
-            f"data.root={root}",
-            *MULTILABEL,
-            "loss=ce_dice",
-            "model.encoder_name=tu-test_resnet",
-            "model.encoder_weights=null",
-            "trainer=cpu",
-            "trainer.enable_model_summary=false",
-            "logger=csv",
-            "data.num_workers=0",
-            "augment=none",
-            "callbacks.validation_pictures=null",
-            "resume=false",
-            *overrides,
-        ],
-    )
-    with open_dict(cfg):
-        cfg.output_dir = str(out)
-    return cfg
+    return folder_cfg(root, out, *MULTILABEL, "loss=ce_dice", *overrides)
 
 
 @pytest.fixture(scope="module")
