@@ -86,6 +86,15 @@ def with_tiny_encoder(cfg: DictConfig, overrides: tuple[str, ...]) -> None:
         cfg.model.encoder_name = TINY_ENCODER.split("=", 1)[1]
 
 
+def new_samples(root: Path, counts: dict[str, int]):
+    """(split, index) of every sample a test writes into the new image-mask folder ``root``: its
+    ``images/<split>`` and ``masks/<split>`` folders made first."""
+    for split, count in counts.items():
+        (root / "images" / split).mkdir(parents=True)
+        (root / "masks" / split).mkdir(parents=True)
+        yield from ((split, index) for index in range(count))
+
+
 def folder_cfg(root: Path, out: Path, *overrides: str) -> DictConfig:
     """A cheap training config (CHEAP, from scratch, no augmentation) on the folder ``root``,
     writing into ``out``: for tests that bring their own data set."""

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from semseg.data import mask_stats, samples, synthetic
+from semseg.data import file_cache, mask_stats, samples, synthetic
 from semseg.data.mask_encoding import MaskEncoder
 from semseg.data.mask_stats import summarize_mask, summarize_masks
 from semseg.data.pairing import list_pairs
@@ -154,7 +154,7 @@ def _summarize(barrier, root: Path, raced: bool) -> tuple[list[dict], int]:
     mask_stats.summarize_mask = lambda path: read.append(path) or summarize_mask(path)
     if raced:
         mask_stats.lock_making = no_lock
-        mask_stats.write_json_atomic = together(barrier, mask_stats.write_json_atomic)
+        file_cache.write_json_atomic = together(barrier, file_cache.write_json_atomic)
     else:
         barrier.wait()
     summaries = summarize_masks(root, sorted((root / "masks").rglob("*.png")))
@@ -169,8 +169,8 @@ def test_processes_computing_the_mask_statistics_at_once_all_get_them(alone: Pat
     assert all(summaries == expected for summaries, _ in results)
     assert made_once([read for _, read in results], len(paths), raced)
     # One whole cache (no temporary file, no lock file), which the next run reads without a mask.
-    assert [p.name for p in (cache / "masks").iterdir()] == [mask_stats._cache_file(alone).name]
-    assert len(mask_stats._load_cache(mask_stats._cache_file(alone))) == len(paths)
+    assert [p.name for p in (cache / "masks").iterdir()] == [mask_stats.mask_cache(alone).path.name]
+    assert len(mask_stats.mask_cache(alone).load()) == len(paths)
 
 
 def split(root: Path, image_size: list[int] | None = None) -> FileSamples:

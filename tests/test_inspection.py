@@ -175,10 +175,10 @@ def test_images_that_opencv_converts_are_warned_and_impossible_channels_refused(
     assert any(
         w.startswith("1 RGBA images lose their alpha channel (data.in_channels=3), e.g.") for w in report.warnings
     )
-    assert any("4 1-channel images are converted" in w for w in report.warnings)
+    assert any("4 1-band images are converted" in w for w in report.warnings)
     four = inspect(root, in_channels=4)
     assert len(four.problems) == 4  # the grayscale images; the RGBA one has 4 channels
-    assert "has 1 channels but data.in_channels=4" in four.problems[0].problem
+    assert "has 1 band(s) but data.in_channels=4" in four.problems[0].problem
 
 
 def test_training_stops_at_start_up_with_the_inspections_message(make_cfg, tmp_path: Path):
@@ -222,13 +222,15 @@ def test_the_script_lists_the_stored_values_when_num_classes_is_not_set(tmp_path
 
 
 def test_a_second_check_opens_no_image_unless_it_changed(tiny_root: Path, tmp_path: Path, monkeypatch):
-    from semseg.data import inspection
+    from semseg.data import image_headers
 
     root = tmp_path / "copy"
     shutil.copytree(tiny_root, root)
     opened = []
-    real_open = inspection.Image.open
-    monkeypatch.setattr(inspection.Image, "open", lambda path, *a, **k: opened.append(path) or real_open(path, *a, **k))
+    real_open = image_headers.Image.open
+    monkeypatch.setattr(
+        image_headers.Image, "open", lambda path, *a, **k: opened.append(path) or real_open(path, *a, **k)
+    )
     data = {"root": str(root), "num_classes": 5}
     first = inspect_data(data)
     assert len(opened) == 16 and not first.problems  # 8 train, 4 val, 4 test images

@@ -10,17 +10,21 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from omegaconf import open_dict
+from omegaconf import OmegaConf, open_dict
 
+from semseg.data.inspection import inspect_data
 from semseg.data.palette import colorize_mode
 from semseg.errors import ConfigError
 from semseg.inference.checkpoint import load_module
 from semseg.inference.evaluate import evaluate
 from semseg.inference.export import export
 from semseg.inference.predict import predict
+from semseg.reporting import figures
+from semseg.reporting.figures import prediction_grid_figure
+from semseg.reporting.leaderboard import find_runs
 from semseg.task.losses import build_loss
 from semseg.training.train import train
-from tests.conftest import compose_named, folder_cfg
+from tests.conftest import compose_named, folder_cfg, new_samples
 
 BINARY = ["data.mode=binary", "data.num_classes=1", "data.class_names=[blob]", "data.label_map={0: 0, 255: 1}"]
 
@@ -28,19 +32,16 @@ BINARY = ["data.mode=binary", "data.num_classes=1", "data.class_names=[blob]", "
 def write_blobs(root: Path, counts: dict[str, int], size: int = 32, seed: int = 0) -> Path:
     """Bright squares on noisy dark images; masks stored 0/255, with a band of 128 = ignored."""
     rng = np.random.default_rng(seed)
-    for split, count in counts.items():
-        (root / "images" / split).mkdir(parents=True)
-        (root / "masks" / split).mkdir(parents=True)
-        for index in range(count):
-            image = rng.integers(0, 60, (size, size, 3), dtype=np.uint8)
-            mask = np.zeros((size, size), np.uint8)
-            top, left = rng.integers(2, size // 2, 2)
-            side = int(rng.integers(8, size // 2))
-            image[top : top + side, left : left + side] = rng.integers(180, 255, (side, side, 3), dtype=np.uint8)
-            mask[top : top + side, left : left + side] = 255
-            mask[0, :] = 128  # an ignored row
-            cv2.imwrite(str(root / "images" / split / f"{split}{index}.png"), image)
-            cv2.imwrite(str(root / "masks" / split / f"{split}{index}.png"), mask)
+    for split, index in new_samples(root, counts):
+        image = rng.integers(0, 60, (size, size, 3), dtype=np.uint8)
+        mask = np.zeros((size, size), np.uint8)
+        top, left = rng.integers(2, size // 2, 2)
+        side = int(rng.integers(8, size // 2))
+        image[top : top + side, left : left + side] = rng.integers(180, 255, (side, side, 3), dtype=np.uint8)
+        mask[top : top + side, left : left + side] = 255
+        mask[0, :] = 128  # an ignored row
+        cv2.imwrite(str(root / "images" / split / f"{split}{index}.png"), image)
+        cv2.imwrite(str(root / "masks" / split / f"{split}{index}.png"), mask)
     return root
 
 
@@ -177,3 +178,27 @@ def test_multilabel_losses_ignore_pixels_too():
         total.backward()
         assert torch.isfinite(total) and logits.grad[:, :, 0].abs().sum() == 0, name
         logits.grad = None
+
+
+def test_the_reports_prediction_grid_draws_the_binary_foreground(binary_run: Path, blobs: Path, tmp_path: Path):
+    run = tmp_path / "run"
+    (run / ".hydra").mkdir(parents=True)
+    OmegaConf.save(_cfg(blobs, run, "loss=ce_dice"), run / ".hydra" / "config.yaml")
+    (run / "metrics.json").write_text((binary_run / "metrics.json").read_text())
+    (run / "checkpoints").symlink_to(binary_run / "checkpoints")
+    fig, notes = prediction_grid_figure(find_runs(run), num_images=2)
+    assert fig is not None and notes == []
+    _, columns, _ = figures._predict(find_runs(run), 2, 0)
+    predictions = np.stack(columns[0].predictions)
+    # A single logit's argmax would be 0 everywhere: the foreground is its sigmoid above the threshold.
+    assert set(np.unique(predictions)) == {0, 1}
+
+
+def test_the_data_check_suggests_no_class_weights_to_a_sigmoid_task(blobs: Path):
+    data = {"root": str(blobs), "label_map": {0: 0, 255: 1}, "ignore_index": 128}
+    binary = inspect_data(data | {"num_classes": 1, "class_names": ["blob"], "mode": "binary"})
+    assert binary.ok and binary.suggested_weights() == {}  # binary losses take none
+    assert "suggested loss.class_weights" not in binary.summary()
+    multiclass = inspect_data(data | {"num_classes": 2})
+    assert "median_frequency" in multiclass.suggested_weights()
+    assert "suggested loss.class_weights" in multiclass.summary()

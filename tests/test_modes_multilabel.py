@@ -16,6 +16,7 @@ from PIL import Image
 from semseg.data.batch import MASK_PAD_CODE
 from semseg.data.datamodule import SegmentationDataModule
 from semseg.data.inspection import inspect_data
+from semseg.data.layout import DataLayout
 from semseg.data.multilabel_masks import MultilabelMaskEncoder
 from semseg.data.palette import blend_planes
 from semseg.errors import DataError
@@ -25,7 +26,7 @@ from semseg.inference.predict import predict
 from semseg.inference.tiling import InferenceSettings, logits_to_prediction, predict_logits
 from semseg.task.metrics import PresenceConfusion, scores_from_presence
 from semseg.training.train import train
-from tests.conftest import compose_named, folder_cfg
+from tests.conftest import compose_named, folder_cfg, new_samples
 
 CLASSES = ["road", "shadow", "car"]
 MULTILABEL = ["data.mode=multilabel", "data.num_classes=3", f"data.class_names=[{','.join(CLASSES)}]"]
@@ -47,21 +48,18 @@ def write_overlaps(root: Path, counts: dict[str, int], folders: bool, size: int 
     """Images whose channels show the classes (red road, green shadow, blue car, plus noise); masks
     as folders of per-class PNGs (0/255; a class absent from an image has no file) or RGB images."""
     rng = np.random.default_rng(seed)
-    for split, count in counts.items():
-        (root / "images" / split).mkdir(parents=True)
-        (root / "masks" / split).mkdir(parents=True)
-        for index in range(count):
-            planes = _planes(rng, size)
-            image = (planes * 150 + rng.integers(0, 60, planes.shape)).astype(np.uint8)
-            stem = f"{split}{index}"
-            Image.fromarray(image).save(root / "images" / split / f"{stem}.png")
-            if folders:
-                (root / "masks" / split / stem).mkdir()
-                for plane, name in enumerate(CLASSES):
-                    if planes[..., plane].any():
-                        cv2.imwrite(str(root / "masks" / split / stem / f"{name}.png"), planes[..., plane] * 255)
-            else:
-                Image.fromarray(planes * 255).save(root / "masks" / split / f"{stem}.png")
+    for split, index in new_samples(root, counts):
+        planes = _planes(rng, size)
+        image = (planes * 150 + rng.integers(0, 60, planes.shape)).astype(np.uint8)
+        stem = f"{split}{index}"
+        Image.fromarray(image).save(root / "images" / split / f"{stem}.png")
+        if folders:
+            (root / "masks" / split / stem).mkdir()
+            for plane, name in enumerate(CLASSES):
+                if planes[..., plane].any():
+                    cv2.imwrite(str(root / "masks" / split / stem / f"{name}.png"), planes[..., plane] * 255)
+        else:
+            Image.fromarray(planes * 255).save(root / "masks" / split / f"{stem}.png")
     return root
 
 
@@ -99,6 +97,20 @@ def test_both_mask_layouts_read_identically(tmp_path: Path):
     assert report.ok and report.train_counts.pixels.min() > 0
     by_image = inspect_data({"root": str(images), "num_classes": 3, "class_names": CLASSES, "mode": "multilabel"})
     assert by_image.ok and (by_image.train_counts.pixels == report.train_counts.pixels).all()
+
+
+def test_mask_folders_pair_with_list_file_splits(tmp_path: Path):
+    root = write_overlaps(tmp_path / "folders", {"train": 3, "val": 1}, folders=True)
+    (root / "train.txt").write_text("train0\ntrain2\n")
+    (root / "pairs.csv").write_text("image,mask\nimages/val/val0.png,masks/val/val0\n")
+    data = {"root": str(root), "num_classes": 3, "class_names": CLASSES, "mode": "multilabel"}
+    data |= {"split_files": {"train": "train.txt", "val": "pairs.csv"}, "image_folder": "images/train"}
+    data["mask_folder"] = "masks/train"
+    layout = DataLayout.of(data)
+    assert [mask.name for _, mask in layout.list_pairs("train")] == ["train0", "train2"]
+    assert layout.list_pairs("val")[0][1] == root / "masks" / "val" / "val0"
+    report = inspect_data(data)
+    assert report.ok and report.splits["train"].pairs == 2 and report.train_counts.pixels.min() > 0
 
 
 def test_bad_multilabel_masks_name_the_file_and_the_fix(tmp_path: Path):

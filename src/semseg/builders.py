@@ -12,6 +12,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from semseg.data import SegmentationDataModule
+from semseg.data.band_stats import input_normalization
 from semseg.data.class_weights import resolve_class_weights
 from semseg.data.colour_labels import colour_palette, palette_file
 from semseg.data.inspection import DataReport, inspect_before_training
@@ -28,18 +29,22 @@ _DATA_KEYS_FOR_MODULE = ("mean", "std", "palette", "threshold")
 
 
 def build_module(
-    cfg: DictConfig, class_weights: list[float] | None = None, resume_from: str | None = None
+    cfg: DictConfig,
+    class_weights: list[float] | None = None,
+    resume_from: str | None = None,
+    normalization: dict | None = None,
 ) -> SegmentationModule:
     """The LightningModule described by ``cfg`` (model, loss, optimizer, scheduler, data classes).
 
     ``class_weights`` are the resolved ``loss.class_weights`` (see ``resolve_class_weights``);
     they are saved with the module's hyper-parameters, so the checkpoint and the logger hold them.
     ``resume_from`` is the checkpoint training resumes from (``resume_checkpoint``), if any: its
-    weights then replace ``model.init_from``'s, which are not loaded.
+    weights then replace ``model.init_from``'s, which are not loaded. ``normalization``: the
+    inputs' (``semseg.data.band_stats.input_normalization``, which reads the data); None takes
+    ``data.mean/std`` for 8-bit images, or the encoder's.
     """
     data = cfg.data
-    normalization = None
-    if data.get("mean") is not None and data.get("std") is not None:
+    if normalization is None and data.get("mean") is not None and data.get("std") is not None:
         normalization = {"mean": list(data.mean), "std": list(data.std)}
     container = OmegaConf.to_container(cfg, resolve=True)
     # The checkpoint keeps the data config with an absolute root, so eval.py finds the data from
@@ -132,7 +137,8 @@ def build_run(
     class_weights = resolve_class_weights(cfg.loss.get("class_weights"), report.class_names, report.train_counts)
     if rank_zero:
         _log_class_weights(cfg.loss.get("class_weights"), report.class_names, class_weights)
-    module = build_module(cfg, class_weights, resume_from)
+    normalization = input_normalization(OmegaConf.to_container(cfg.data, resolve=True))
+    module = build_module(cfg, class_weights, resume_from, normalization)
     return report, module, build_datamodule(cfg.data, seed)
 
 

@@ -126,7 +126,7 @@ class ValidationPictures(L.Callback):
         mean, std = pl_module.normalization
 
         def shown(name: str, image: torch.Tensor, mask: torch.Tensor, prediction: torch.Tensor) -> Shown:
-            display = to_display(image.float().cpu().numpy(), mean, std)
+            display = to_display(image.float().cpu().numpy(), mean, std, stretch=pl_module.max_pixel_value > 255)
             return Shown(name, display, mask.cpu().numpy(), prediction.cpu().numpy(), scores[name])
 
         self.examples = [shown(name, *kept) for name, kept in self._kept.items()]

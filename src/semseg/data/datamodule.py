@@ -12,6 +12,7 @@ from pathlib import Path
 
 import cv2
 import lightning as L
+import numpy as np
 import torch
 from lightning.pytorch.accelerators import CPUAccelerator
 from torch.utils.data import DataLoader
@@ -25,7 +26,7 @@ from semseg.data.multilabel_masks import mask_encoder
 from semseg.data.samples import FileSamples, PackedSamples, sample_source
 from semseg.data.sampling import EpochSampler
 from semseg.data.synthetic import SyntheticSpec, generate
-from semseg.data.transforms import build_transforms
+from semseg.data.transforms import build_transforms, check_augmentations
 from semseg.errors import DataError
 
 # The Lightning stages (None: all) that need each split.
@@ -171,6 +172,10 @@ class SegmentationDataModule(L.LightningDataModule):
         # Train and val are read every epoch: worth caching. Test is read once.
         cache = self.cache if split != "test" else "off"
         source = sample_source(files, cache, self.cache_max_gb, self.layout.describe(split))
+        if split == "train" and len(source):
+            image, mask = source[0]
+            if image.dtype != np.uint8 or image.shape[2] not in (1, 3):  # beyond what augmentations assume
+                check_augmentations(transform, image, mask)
         return SegmentationDataset(files.pairs, source, transform, self.seed)
 
     @property

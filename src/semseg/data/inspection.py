@@ -11,24 +11,22 @@ it and writes it as JSON.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-import cv2
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 
 from semseg.data.batch import MASK_PAD_CODE
 from semseg.data.class_weights import METHODS, ClassCounts, weights_from_counts
 from semseg.data.colour_labels import suggested_colour_map, unpack
-from semseg.data.image_headers import cached_headers
+from semseg.data.image_headers import Header, cached_headers, read_header
 from semseg.data.layout import DataLayout
 from semseg.data.mask_encoding import INVALID_CODE, MaskEncoder, resolve_class_names
 from semseg.data.mask_stats import MaskSummary, summarize_masks
 from semseg.data.multilabel_masks import BACKGROUND, MULTICLASS, MULTILABEL, check_mode, inspect_multilabel
 from semseg.data.pairing import SPLITS
+from semseg.data.reading import CONVERTED_BANDS, DEPTH_FIX, MAX_PIXEL_VALUES, TIFF_SUFFIXES
 from semseg.data.synthetic import SyntheticSpec, generate, own_folder_or_synthetic
 from semseg.errors import DataError, Problem, problems_message
 
@@ -38,11 +36,6 @@ MAX_LISTED_VALUES = 10
 # The largest stored value a class index can be: MaskEncoder allows num_classes up to 254 (class
 # codes travel as uint8 beside MASK_PAD_CODE).
 MAX_CLASS_VALUE = MASK_PAD_CODE - 2
-# The bytes a complete file of these formats holds at its end (PNG's IEND chunk, JPEG's EOI marker).
-# Pillow reads only the header, and OpenCV decodes a JPEG cut short into a grey-filled image without
-# an error, so a file cut short (an interrupted copy or download) is found by its missing end.
-END_MARKERS = {"PNG": b"IEND", "JPEG": b"\xff\xd9"}
-TAIL_BYTES = 1024  # room for a few bytes some writers append after the end marker
 
 
 @dataclass
@@ -69,6 +62,10 @@ class DataReport:
     stored_values: dict[int, int] = field(default_factory=dict)  # stored mask value -> pixels, all splits
     # colour masks' colours that a colour label_map maps to no class: {"colour", "pixels", "files", "file_count"}
     unmapped_colours: list[dict] = field(default_factory=list)
+    image_dtype: str | None = None  # the images' stored type (uint8, uint16) when they share one
+    image_bands: int | None = None  # the images' stored bands when they share a number
+    # False in binary and multilabel tasks, whose sigmoid losses take no class weights: none suggested.
+    weights_apply: bool = True
 
     @property
     def ok(self) -> bool:
@@ -87,7 +84,7 @@ class DataReport:
 
     def suggested_weights(self) -> dict[str, list[float]]:
         counts = self.train_counts
-        if counts is None or not counts.pixels.any():
+        if not self.weights_apply or counts is None or not counts.pixels.any():
             return {}
         return {method: weights_from_counts(counts, method) for method in METHODS}
 
@@ -119,6 +116,7 @@ class DataReport:
             "suggested_class_weights": self.suggested_weights(),
             "stored_mask_values": {str(value): pixels for value, pixels in self.stored_values.items()},
             "unmapped_colours": self.unmapped_colours,
+            "images": {"dtype": self.image_dtype, "bands": self.image_bands},
         }
 
     def summary(self, max_problems: int = 50) -> str:
@@ -129,6 +127,9 @@ class DataReport:
             + (f", sizes {_top_sizes(s.image_sizes)}" if s.image_sizes else "")
             for name, s in self.splits.items()
         ]
+        if self.image_dtype is not None:
+            bands = "" if self.image_bands is None else f", {self.image_bands} band(s)"
+            lines.append(f"  images: {depth_name(self.image_dtype)}{bands}")
         if self.stored_values:
             lines.append(f"  stored mask values (before label_map): {describe_values(self.stored_values)}")
         for entry in self.unmapped_colours:
@@ -169,52 +170,6 @@ def _top_sizes(sizes: Mapping[str, int], limit: int = 3) -> str:
     top = sorted(sizes.items(), key=lambda item: -item[1])[:limit]
     more = f" and {len(sizes) - limit} more" if len(sizes) > limit else ""
     return ", ".join(f"{size} ({count})" for size, count in top) + more
-
-
-def _image_size(path: Path, full: bool) -> tuple[tuple[int, int] | None, str, Problem | None]:
-    """(height, width) and Pillow's mode from the header, or a problem; ``full`` also decodes the pixels
-    (catching files truncated after their header)."""
-    unreadable = Problem(
-        str(path), "cannot be read (truncated, empty or not an image).", "re-export or remove the image and its mask."
-    )
-    try:
-        with Image.open(path) as image:
-            width, height = image.size
-            mode, file_format = image.mode, image.format
-    except (OSError, UnidentifiedImageError, SyntaxError):
-        return None, "", unreadable
-    if _cut_short(path, file_format):
-        truncated = Problem(
-            str(path),
-            f"is truncated: the {file_format} file ends before its image data does (an interrupted copy?).",
-            "copy or re-export the image again, or remove it and its mask.",
-        )
-        return None, "", truncated
-    if full and cv2.imread(str(path), cv2.IMREAD_UNCHANGED) is None:
-        return None, "", unreadable
-    return (height, width), mode, None
-
-
-def _cut_short(path: Path, file_format: str | None) -> bool:
-    """True for a PNG or JPEG file that ends before its image data does (see ``END_MARKERS``).
-
-    The fast path reads only the file's last ``TAIL_BYTES``; a file without its end marker there
-    is decoded in full by Pillow, which raises only when the data really ends early (some cameras
-    append data, a video even, after a JPEG's end).
-    """
-    marker = END_MARKERS.get(file_format or "")
-    if marker is None:
-        return False  # other formats are decoded in full only with full=True
-    with open(path, "rb") as f:
-        f.seek(max(f.seek(0, os.SEEK_END) - TAIL_BYTES, 0))
-        if marker in f.read():
-            return False
-    try:
-        with Image.open(path) as image:
-            image.load()
-    except (OSError, SyntaxError, ValueError):  # Pillow: "image file is truncated", "broken PNG file"
-        return True
-    return False
 
 
 def _value_fix(path: Path, values: list[int], bad: list[int], encoder: MaskEncoder, label_map: Mapping | None) -> str:
@@ -380,9 +335,9 @@ def inspect_folder(
 
     image_paths = [image for pairs in pairs_by_split.values() for image, _ in pairs]
     if full:  # every image decoded: nothing to take from a cache
-        found_headers = [_image_size(path, True) for path in image_paths]
+        found_headers = [read_header(path, True) for path in image_paths]
     else:
-        found_headers = cached_headers(root, image_paths, lambda path: _image_size(path, False))
+        found_headers = cached_headers(root, image_paths, lambda path: read_header(path, False))
     headers = dict(zip(image_paths, found_headers, strict=True))
 
     splits, palette_masks = {}, 0
@@ -390,13 +345,14 @@ def inspect_folder(
         labelled = bool(pairs) and pairs[0][1] is not None
         report = SplitReport(len(pairs), labelled, ClassCounts.zeros(num_classes) if labelled else None)
         for image_path, mask_path in pairs:
-            size, mode, problem = headers[image_path]
-            if problem:
-                problems.append(problem)
+            header = headers[image_path]
+            size = header.size
+            if header.problem:
+                problems.append(header.problem)
             else:
                 key = f"{size[1]}x{size[0]}"
                 report.image_sizes[key] = report.image_sizes.get(key, 0) + 1
-                _note_image_mode(image_path, mode, in_channels, grouped_warnings, problems)
+                _note_image_kind(image_path, header, in_channels, grouped_warnings, problems)
             if mask_path is None:
                 continue
             mask = summaries[mask_path]
@@ -423,8 +379,11 @@ def inspect_folder(
     warnings += _class_warnings(splits, names)
     unmapped_colours, colour_problems = _unmapped_colours(unmapped)
     problems += colour_problems
+    depth, bands, depth_problems, depth_notes = _depth_and_bands(headers, in_channels)
+    problems += depth_problems
+    notes += depth_notes
     stored = _stored_values(summaries.values())
-    return DataReport(root, names, splits, problems, warnings, notes, stored, unmapped_colours)
+    return DataReport(root, names, splits, problems, warnings, notes, stored, unmapped_colours, depth, bands)
 
 
 def _summaries(root: Path, pairs_by_split: Mapping[str, list]) -> dict[Path, MaskSummary]:
@@ -470,19 +429,51 @@ def stored_mask_values(data: Mapping) -> tuple[dict[int, int], dict[int, int]]:
     return _stored_values(summaries), _stored_colours(summaries)
 
 
-def _note_image_mode(path: Path, mode: str, in_channels: int, warnings: dict, problems: list[Problem]) -> None:
-    """Images that OpenCV converts on reading (warned, grouped) or that cannot match data.in_channels."""
-    channels = 3 if mode == "P" else Image.getmodebands(mode)  # palette images are read as colour
-    if mode.startswith("I"):
-        warnings.setdefault("16-bit images are read as 8-bit (OpenCV keeps the high byte)", []).append(str(path))
-    if channels == in_channels:
+def _note_image_kind(path: Path, header: Header, in_channels: int, warnings: dict, problems: list[Problem]) -> None:
+    """Images of a depth semseg does not read, or of other bands than ``data.in_channels``:
+    converted as read (warned, grouped) or refused."""
+    if header.dtype not in MAX_PIXEL_VALUES:
+        problems.append(Problem(str(path), f"is a {header.dtype} image.", f"{DEPTH_FIX}."))
         return
-    if in_channels in (1, 3):
-        what = "RGBA images lose their alpha channel" if mode == "RGBA" else f"{channels}-channel images are converted"
+    bands = header.bands
+    if bands == in_channels:
+        return
+    tiff = path.suffix.lower() in TIFF_SUFFIXES  # read by tifffile, converted only as CONVERTED_BANDS allows
+    if in_channels in (1, 3) and (not tiff or bands in CONVERTED_BANDS[in_channels]):
+        alpha_lost = bands == 4 and in_channels == 3
+        what = "RGBA images lose their alpha channel" if alpha_lost else f"{bands}-band images are converted"
         warnings.setdefault(f"{what} (data.in_channels={in_channels})", []).append(str(path))
-    else:
-        fix = "set data.in_channels to match the images."
-        problems.append(Problem(str(path), f"has {channels} channels but data.in_channels={in_channels}.", fix))
+        return
+    fix = "set data.in_channels to match the images."
+    problems.append(Problem(str(path), f"has {bands} band(s) but data.in_channels={in_channels}.", fix))
+
+
+def _depth_and_bands(
+    headers: Mapping[Path, Header], in_channels: int
+) -> tuple[str | None, int | None, list[Problem], list[str]]:
+    """The images' one stored depth and bands (None where they differ or none was read), the
+    problem of a data set of several depths, and a note on how such images are normalised."""
+    sound = {path: header for path, header in headers.items() if header.problem is None}
+    by_depth = {header.dtype: path for path, header in sound.items()}
+    bands = {header.bands for header in sound.values()}
+    one_band_count = bands.pop() if len(bands) == 1 else None
+    if len(by_depth) > 1:
+        named = ", ".join(f"{path} ({dtype})" for dtype, path in by_depth.items())
+        fix = "convert them to one depth: a batch of both would be normalised wrongly."
+        return None, one_band_count, [Problem(named, "images are stored at more than one depth.", fix)], []
+    depth = next(iter(by_depth), None)
+    notes = []
+    if depth in MAX_PIXEL_VALUES and (depth != "uint8" or in_channels not in (1, 3)):
+        notes.append(
+            f"images are {depth_name(depth)} with {in_channels} band(s): each band is normalised with the "
+            "train split's mean and std unless data.mean/std are given."
+        )
+    return depth, one_band_count, [], notes
+
+
+def depth_name(dtype: str) -> str:
+    """``uint16`` -> ``16-bit``; other types as they are."""
+    return {"uint8": "8-bit", "uint16": "16-bit"}.get(dtype, dtype)
 
 
 def _class_warnings(splits: Mapping[str, SplitReport], names: Sequence[str]) -> list[str]:
@@ -512,9 +503,9 @@ def inspect_data(data: Mapping, full: bool = False) -> DataReport:
     if mode != MULTICLASS:
         names = resolve_class_names(num_classes, class_names, None, data.get("ignore_index"), data["root"])
         if mode == MULTILABEL:
-            return inspect_multilabel(data, DataLayout.of(data), names)
+            return replace(inspect_multilabel(data, DataLayout.of(data), names), weights_apply=False)
         num_classes, class_names = 2, [BACKGROUND, *names]  # binary: index masks of 0 and 1
-    return inspect_folder(
+    report = inspect_folder(
         data["root"],
         num_classes,
         class_names,
@@ -524,6 +515,7 @@ def inspect_data(data: Mapping, full: bool = False) -> DataReport:
         full=full,
         layout=DataLayout.of(data),
     )
+    return replace(report, weights_apply=mode == MULTICLASS)
 
 
 def inspect_before_training(data: Mapping, say: bool = True) -> DataReport:

@@ -122,7 +122,7 @@ class DataLayout:
                 f"{list_file}:{number}",
                 stem,
                 images.get(stem) or _find_nested(image_dir, stem),
-                masks.get(stem) or _find_nested(mask_dir, stem),
+                masks.get(stem) or _find_nested(mask_dir, stem) or _mask_folder(mask_dir, stem),
             )
             for number, stem in _stems(list_file)
         ]
@@ -156,7 +156,7 @@ class DataLayout:
             if mask is None and require_masks:
                 problems.append(Problem(where, f"{image.name} has no mask column.", "add its mask as column 2."))
                 continue
-            if mask is not None and not mask.is_file():
+            if mask is not None and not (mask.is_file() or mask.is_dir()):  # a folder: a multi-label mask
                 problems.append(Problem(where, f"mask {mask} does not exist.", "fix the path or remove the row."))
                 continue
             pairs.append((image, mask))
@@ -184,6 +184,13 @@ def _find_nested(folder: Path, stem: str) -> Path | None:
         if path.is_file():
             return path
     return None
+
+
+def _mask_folder(folder: Path, stem: str) -> Path | None:
+    """A multi-label mask stored as the folder ``folder/<stem>/`` of per-class PNGs
+    (``semseg.data.multilabel_masks``)."""
+    path = folder / stem
+    return path if path.is_dir() else None
 
 
 def _shared_stems(pairs: Pairs, list_file: Path) -> list[Problem]:

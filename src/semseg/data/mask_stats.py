@@ -1,9 +1,9 @@
 """What each stored mask holds (size, channels, value histogram): read in one streaming pass, cached.
 
 The histogram is of the *stored* values, before label_map, so one cache serves every label_map,
-ignore_index and num_classes: class counts are a table lookup away. The cache maps each mask file
-(path relative to the data root, byte size, modification time) to its summary, so a second run
-reads no mask, and a changed or replaced file is read again. Of several processes that need the
+ignore_index and num_classes: class counts are a table lookup away. The cache (``file_cache``)
+maps each mask file to its summary, so a second run reads no mask, and a changed or replaced file
+is read again. Of several processes that need the
 same root's summaries at once (a sweep's jobs, DDP's ranks), one reads the masks and the others
 wait for its cache. Nothing in torch, torchmetrics or albumentations counts a data set's stored
 mask values, hence this module.
@@ -11,9 +11,6 @@ mask values, hence this module.
 
 from __future__ import annotations
 
-import hashlib
-import json
-import warnings
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -23,9 +20,10 @@ import numpy as np
 
 from semseg.data.colour_labels import pack_pixels, unpack
 from semseg.data.cores import data_parallelism
+from semseg.data.file_cache import FileCache
 from semseg.data.reading import is_palette_png, read_mask
 from semseg.errors import DataError
-from semseg.files import cache_dir, lock_making, relative_to_root, write_json_atomic
+from semseg.files import lock_making
 
 CACHE_VERSION = 2  # 2: colour masks' full histogram (rgb, rgb_counts)
 MAX_COLOURS = 8  # distinct colours kept for a colour mask: enough to explain it
@@ -92,21 +90,6 @@ def summarize_mask(path: Path) -> MaskSummary:
     return summary
 
 
-def _cache_file(root: Path, kind: str = "masks") -> Path:
-    """The cache of ``kind`` (``masks``, ``images``) for the data root ``root``."""
-    key = hashlib.sha1(str(root.resolve()).encode()).hexdigest()[:16]
-    return cache_dir() / kind / f"{root.name}-{key}.json"
-
-
-def _load_cache(path: Path, version: int = CACHE_VERSION) -> dict:
-    """A per-file cache's entries, or none when it is missing, unreadable or of another version."""
-    try:
-        cached = json.loads(path.read_text())
-        return cached["files"] if cached.get("version") == version else {}
-    except (OSError, ValueError, KeyError, TypeError):
-        return {}  # no cache yet, or an unreadable one: recompute
-
-
 def summarize_masks(root: Path, paths: Sequence[Path]) -> list[MaskSummary]:
     """Summaries of ``paths`` (mask files under ``root``), read once and cached per data root.
 
@@ -115,23 +98,25 @@ def summarize_masks(root: Path, paths: Sequence[Path]) -> list[MaskSummary]:
     OpenCV decodes with the GIL released, so a thread pool reads several masks at once; only the
     summaries stay in memory, never the masks.
     """
-    cache_path = _cache_file(root)
-    keys = []
-    for path in paths:
-        stat = path.stat()
-        keys.append(f"{relative_to_root(path, root)}|{stat.st_size}|{stat.st_mtime_ns}")
-    cached = _load_cache(cache_path)
+    cache = mask_cache(root)
+    keys = cache.keys(paths)
+    cached = cache.load()
     if cached.keys() != set(keys):
-        with lock_making(cache_path):
-            cached = _update_cache(cache_path, root, keys, paths)
+        with lock_making(cache.path):
+            cached = _update_cache(cache, keys, paths)
     return [MaskSummary(**cached[key]) for key in keys]
 
 
-def _update_cache(cache_path: Path, root: Path, keys: list[str], paths: Sequence[Path]) -> dict:
+def mask_cache(root: Path) -> FileCache:
+    """The mask summaries' cache for the data root ``root``."""
+    return FileCache(root, "masks", CACHE_VERSION)
+
+
+def _update_cache(cache: FileCache, keys: list[str], paths: Sequence[Path]) -> dict:
     """The cache's entries for ``keys`` (of ``paths``): the missing ones summarised, the others'
     dropped, written back. Each process writes a whole file of its own and renames it into place, so
     processes that write at once leave one whole cache (the same entries) and never fail."""
-    cached = _load_cache(cache_path)  # another process may have written it while this one waited
+    cached = cache.load()  # another process may have written it while this one waited
     if cached.keys() == set(keys):
         return cached
     todo = [(key, path) for key, path in zip(keys, paths, strict=True) if key not in cached]
@@ -139,8 +124,5 @@ def _update_cache(cache_path: Path, root: Path, keys: list[str], paths: Sequence
         for (key, _), summary in zip(todo, pool.map(summarize_mask, [p for _, p in todo]), strict=True):
             cached[key] = asdict(summary)
     cached = {key: cached[key] for key in keys}  # drop entries of changed or removed files
-    try:
-        write_json_atomic(cache_path, {"version": CACHE_VERSION, "root": str(root.resolve()), "files": cached})
-    except OSError as error:  # a read-only home: work on, uncached
-        warnings.warn(f"could not write the mask cache {cache_path}: {error}", stacklevel=3)
+    cache.save(cached)
     return cached

@@ -4,7 +4,8 @@ The first steps of every sample never change from epoch to epoch: decoding the i
 mask, mapping stored mask values to class codes, resizing to ``data.image_size``. On photographs
 they are most of the data path's work (a 480x360 PNG takes ~5 ms to decode, the rest of a sample
 ~1 ms), and on a 2-core machine every millisecond a loader worker spends competes with the model
-for the same cores. ``data.cache`` keeps their result as uint8:
+for the same cores. ``data.cache`` keeps their result as stored (uint8, or uint16 for 16-bit
+images; masks uint8):
 
 - ``memory``: decoded in the main process before training (a thread pool: OpenCV decodes with
   the GIL released) into one buffer, which forked loader workers share without copying;
@@ -31,7 +32,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from semseg.data.cores import data_parallelism
 from semseg.data.mask_encoding import MaskEncoder
@@ -43,7 +43,7 @@ from semseg.files import cache_dir, lock_making, staging_path
 log = logging.getLogger(__name__)
 
 CACHE_MODES = ("auto", "memory", "disk", "off")
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: 16-bit images kept at 16 bits
 Pairs = list[tuple[Path, Path | None]]
 
 
@@ -58,7 +58,7 @@ class FileSamples:
         return len(self.pairs)
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray | None]:
-        """(H, W, C) uint8 image and (H, W) uint8 class codes (None for an unlabelled split)."""
+        """(H, W, C) uint8 or uint16 image and (H, W) uint8 class codes (None for an unlabelled split)."""
         image_path, mask_path = self.pairs[index]
         image = read_image(image_path, self.in_channels)
         mask = None
@@ -77,17 +77,11 @@ class FileSamples:
         return image, mask
 
     def estimated_bytes(self) -> int:
-        """Bytes of the decoded split, from its first image's size (read from the header only)."""
-        if self.resize is not None:
-            height, width = self.resize.height, self.resize.width
-        else:
-            try:
-                with Image.open(self.pairs[0][0]) as first:
-                    width, height = first.size
-            except (OSError, SyntaxError):  # Pillow's errors for unreadable files: decode it, and
-                height, width = read_image(self.pairs[0][0], self.in_channels).shape[:2]  # name it
+        """Bytes of the decoded split, from its first image's size and depth (one image decoded)."""
+        first = read_image(self.pairs[0][0], self.in_channels)
+        height, width = first.shape[:2] if self.resize is None else (self.resize.height, self.resize.width)
         has_mask = self.pairs[0][1] is not None
-        return len(self.pairs) * height * width * (self.in_channels + has_mask)
+        return len(self.pairs) * height * width * (self.in_channels * first.itemsize + has_mask)
 
     def key(self) -> str:
         """What a cached copy of this split must match: every file's path, size and mtime, and the
@@ -105,8 +99,8 @@ class FileSamples:
 
 
 class PackedSamples:
-    """Every sample of a split in two flat uint8 buffers (images, masks) with an index of offsets
-    and shapes; returns copies, so no transform can alter the cache."""
+    """Every sample of a split in two flat buffers (images: uint8 or uint16; masks: uint8) with an
+    index of offsets and shapes; returns copies, so no transform can alter the cache."""
 
     def __init__(self, images: np.ndarray, masks: np.ndarray | None, index: np.ndarray):
         self.images, self.masks, self.index = images, masks, index  # index rows: image offset, mask offset, H, W, C
@@ -141,6 +135,10 @@ class PackedSamples:
         index[1:, 0] = np.cumsum(pixels * index[:, 4])[:-1]
         planes = 1 if samples[0][1] is None or samples[0][1].ndim == 2 else samples[0][1].shape[2]
         index[1:, 1] = np.cumsum(pixels * planes)[:-1]
+        depths = {image.dtype.name: source.pairs[i][0] for i, (image, _) in enumerate(samples)}
+        if len(depths) > 1:  # concatenated, the 8-bit images would pass for 16-bit ones
+            named = ", ".join(f"{path} ({dtype})" for dtype, path in depths.items())
+            raise DataError(f"images stored at more than one depth: {named}; convert them to one depth.")
         images = np.concatenate([image.ravel() for image, _ in samples])
         labelled = samples[0][1] is not None
         masks = np.concatenate([mask.ravel() for _, mask in samples]) if labelled else None

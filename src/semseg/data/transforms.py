@@ -7,6 +7,7 @@ code, never with a real class.
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -14,12 +15,13 @@ from typing import Any
 
 import albumentations as A
 import cv2
+import numpy as np
 from albumentations.pytorch import ToTensorV2
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from semseg.data.batch import MASK_PAD_CODE
-from semseg.errors import DataError
+from semseg.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +99,36 @@ def build_augmentations(
             # Any padding a geometric transform adds to a mask must be ignored, not a class.
             transform.fill_mask = MASK_PAD_CODE
     return transforms
+
+
+def check_augmentations(pipeline: A.Compose, image: np.ndarray, mask: np.ndarray | None) -> None:
+    """Runs each step of a training ``pipeline`` once (a copy, certain to apply) on a sample of the
+    data, so that an augmentation that cannot take its depth or bands stops the run at start-up,
+    named, rather than a loader worker in the first epoch. Albumentations' colour transforms take
+    1 or 3 channels and most of them 8 bits only; its geometric ones take anything.
+
+    Raises:
+        ConfigError: a step that raises or changes the image's type, with the fix.
+    """
+    described = f"{image.dtype} images of {image.shape[2]} band(s)"
+    for step in pipeline.transforms:
+        if isinstance(step, ToTensorV2):
+            continue
+        trial = copy.deepcopy(step)
+        trial.p = 1.0
+        try:
+            out = trial(image=image, mask=mask) if mask is not None else trial(image=image)
+        except Exception as error:  # albumentations and OpenCV raise many kinds for a type they refuse
+            raise ConfigError(
+                f"data.augment: {type(step).__name__} cannot augment {described} ({error}). Leave it out of "
+                "data.augment: flips, rotations, crops, Affine, ElasticTransform and RandomBrightnessContrast "
+                "take any depth and bands."
+            ) from error
+        if out["image"].dtype != image.dtype or out["image"].shape[2:] != image.shape[2:]:
+            raise ConfigError(
+                f"data.augment: {type(step).__name__} turns {described} into {out['image'].dtype} images of "
+                f"{out['image'].shape[2:] or (1,)} band(s); leave it out of data.augment."
+            )
 
 
 def resize_transform(image_size: Sequence[int]) -> A.Resize:

@@ -26,7 +26,12 @@ from semseg.task.module import SegmentationModule
 log = logging.getLogger(__name__)
 
 FORMATS = {"onnx": ".onnx", "torch_export": ".pt2", "smp": ""}
-INPUT_CONTRACT = "float32 NCHW pixel values 0-255 (RGB order for 3 channels); any height and width"
+
+
+def input_contract(module: SegmentationModule) -> str:
+    """What the exported network takes, in words (stored with every format)."""
+    full = f"{module.max_pixel_value:g}"
+    return f"float32 NCHW pixel values 0-{full} (bands in file order: RGB for 3); any height and width"
 
 
 class PixelsToLogits(nn.Module):
@@ -38,9 +43,9 @@ class PixelsToLogits(nn.Module):
         super().__init__()
         self.net = module.net
         mean, std = module.normalization
-        shape = (1, len(mean), 1, 1)
-        self.register_buffer("mean", torch.tensor(mean).view(shape) * 255.0)
-        self.register_buffer("std", torch.tensor(std).view(shape) * 255.0)
+        shape, full = (1, len(mean), 1, 1), module.max_pixel_value
+        self.register_buffer("mean", torch.tensor(mean).view(shape) * full)
+        self.register_buffer("std", torch.tensor(std).view(shape) * full)
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.net((pixels - self.mean) / self.std)
@@ -57,6 +62,7 @@ def inference_info(module: SegmentationModule) -> dict:
         "in_channels": hp.in_channels,
         "mean": mean,
         "std": std,
+        "max_pixel_value": module.max_pixel_value,  # mean and std are of pixel values divided by it
         "image_size": (hp.get("data") or {}).get("image_size"),
         "model": {k: hp.model[k] for k in ("arch", "encoder_name") if k in hp.model},
         # How to read the logits: multiclass, argmax over dim 1; binary and multilabel, a class is
@@ -76,14 +82,30 @@ def _check_shapes(module: SegmentationModule) -> list[tuple[int, ...]]:
     return shapes
 
 
+def pixel_range(module: SegmentationModule) -> tuple[int, int]:
+    """The integer pixel values exports are checked on: all of 0..255 for 8-bit images; for 16-bit
+    ones, those within 4 standard deviations of the mean (of every band at once). Values of 0..65535
+    far out of the data's range would make logits of many thousands, where float32 rounding alone
+    differs by more than the tolerance."""
+    full = module.max_pixel_value
+    if full <= 255:
+        return 0, int(full)
+    mean, std = (np.asarray(v) * full for v in module.normalization)
+    return max(int((mean - 4 * std).min()), 0), min(int((mean + 4 * std).max()) + 1, int(full))
+
+
 def max_difference(
-    run: Callable[[np.ndarray], np.ndarray], reference: nn.Module, shapes: list[tuple[int, ...]]
+    run: Callable[[np.ndarray], np.ndarray],
+    reference: nn.Module,
+    shapes: list[tuple[int, ...]],
+    values: tuple[int, int] = (0, 255),
 ) -> float:
-    """The largest absolute logit difference between ``run`` and ``reference`` over random images."""
+    """The largest absolute logit difference between ``run`` and ``reference`` over random images
+    of integer pixel ``values`` (lowest, highest: ``pixel_range``)."""
     generator = torch.Generator().manual_seed(0)
     worst = 0.0
     for shape in shapes:
-        pixels = torch.randint(0, 256, shape, generator=generator).float()
+        pixels = torch.randint(values[0], values[1] + 1, shape, generator=generator).float()
         with torch.no_grad():
             expected = reference(pixels).numpy()
         worst = max(worst, float(np.abs(run(pixels.numpy()) - expected).max()))
@@ -94,7 +116,7 @@ def _example(module: SegmentationModule) -> torch.Tensor:
     # Batch 2 and sides no stride divides: a batch of 1 or a padding of 0 would let the exporter
     # specialise the graph to that case.
     stride, channels = module.net.stride, module.hparams.in_channels
-    return torch.rand(2, channels, 2 * stride + 6, 3 * stride + 10) * 255
+    return torch.rand(2, channels, 2 * stride + 6, 3 * stride + 10) * module.max_pixel_value
 
 
 def _dynamic_shapes() -> dict:
@@ -124,11 +146,13 @@ def export_onnx(module: SegmentationModule, path: Path, opset: int | None) -> fl
             verbose=False,
         )
     proto = program.model_proto
-    info = {**inference_info(module), "input": INPUT_CONTRACT, "output": "logits (N, classes, H, W)"}
+    info = {**inference_info(module), "input": input_contract(module), "output": "logits (N, classes, H, W)"}
     onnx.helper.set_model_props(proto, {"semseg": json.dumps(info)})
     onnx.save(proto, str(path))
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return max_difference(lambda x: session.run(None, {"pixels": x})[0], model, _check_shapes(module))
+    return max_difference(
+        lambda x: session.run(None, {"pixels": x})[0], model, _check_shapes(module), pixel_range(module)
+    )
 
 
 def export_program(module: SegmentationModule, path: Path) -> float:
@@ -139,10 +163,12 @@ def export_program(module: SegmentationModule, path: Path) -> float:
     graph pads by zero correctly (checked here on stride multiples and on odd sides)."""
     model = PixelsToLogits(module).eval()
     program = torch.export.export(model, (_example(module),), dynamic_shapes=_dynamic_shapes())
-    info = {**inference_info(module), "input": INPUT_CONTRACT}
+    info = {**inference_info(module), "input": input_contract(module)}
     torch.export.save(program, str(path), extra_files={"semseg.json": json.dumps(info)})
     loaded = torch.export.load(str(path)).module(check_guards=False)
-    return max_difference(lambda x: loaded(torch.from_numpy(x)).detach().numpy(), model, _check_shapes(module))
+    return max_difference(
+        lambda x: loaded(torch.from_numpy(x)).detach().numpy(), model, _check_shapes(module), pixel_range(module)
+    )
 
 
 def export_smp(module: SegmentationModule, folder: Path, metrics: dict | None) -> float:
@@ -173,7 +199,7 @@ def export_smp(module: SegmentationModule, folder: Path, metrics: dict | None) -
     if size:
         steps.append(A.Resize(*size, interpolation=cv2.INTER_LINEAR))
     steps += [
-        A.Normalize(mean=tuple(mean), std=tuple(std), max_pixel_value=255.0),
+        A.Normalize(mean=tuple(mean), std=tuple(std), max_pixel_value=module.max_pixel_value),
         # smp models need sides divisible by the encoder's stride: pad bottom and right with the
         # edge pixels, as semseg does, and crop the logits back to the image.
         A.PadIfNeeded(
@@ -198,15 +224,15 @@ def export_smp(module: SegmentationModule, folder: Path, metrics: dict | None) -
 
     def run(pixels: np.ndarray) -> np.ndarray:
         outputs = []
-        for image in pixels.transpose(0, 2, 3, 1).astype(np.uint8):
+        for image in pixels.transpose(0, 2, 3, 1).astype(np.uint16 if module.max_pixel_value > 255 else np.uint8):
             x = torch.from_numpy(preprocess(image=image)["image"].transpose(2, 0, 1))[None]
             with torch.no_grad():
                 outputs.append(loaded(x)[..., : image.shape[0], : image.shape[1]].numpy())
         return np.concatenate(outputs)
 
-    # Random integer pixels: exact as uint8, the type albumentations pipelines take.
+    # Random integer pixels: exact as the images' type (uint8 or uint16), which the pipeline takes.
     shapes = [s for s in _check_shapes(module) if not size or tuple(s[2:]) == tuple(size)]
-    return max_difference(run, reference, shapes)
+    return max_difference(run, reference, shapes, pixel_range(module))
 
 
 def _output_path(cfg: DictConfig) -> Path:

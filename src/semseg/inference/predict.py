@@ -20,7 +20,7 @@ from omegaconf import DictConfig
 from tqdm import tqdm
 
 from semseg.data.pairing import IMAGE_EXTENSIONS, index_images
-from semseg.data.palette import colorize_mode
+from semseg.data.palette import colorize_mode, stored_to_display
 from semseg.data.reading import read_image
 from semseg.data.transforms import resize_transform
 from semseg.errors import ConfigError, DataError, Problem, problems_message
@@ -84,9 +84,9 @@ def predict_mask(
 
 
 def overlay(image: np.ndarray, colour: np.ndarray, alpha: float) -> np.ndarray:
-    """The colour mask blended over the image (its first 3 channels, grayscale repeated)."""
-    rgb = np.repeat(image, 3, axis=2) if image.shape[2] == 1 else image[..., :3]
-    return cv2.addWeighted(rgb, 1 - alpha, colour, alpha, 0)
+    """The colour mask blended over the image (``stored_to_display``: its first 3 bands, or its
+    first as grey; 16-bit images stretched to 8 bits)."""
+    return cv2.addWeighted(stored_to_display(image), 1 - alpha, colour, alpha, 0)
 
 
 def _encode_png(pixels: np.ndarray, path: Path) -> bytes:
@@ -165,12 +165,12 @@ def predict(cfg: DictConfig) -> dict:
     for image_path, outputs in tqdm(todo.items(), desc="predict", unit="image", disable=len(todo) < 2):
         try:
             image = read_image(image_path, hp.in_channels)
+            mask = predict_mask(module, image, settings, transform)  # refuses an image of another depth
         except DataError as error:
             failed.append(
                 Problem(str(image_path), str(error).removeprefix(f"{image_path}: "), "fix or remove the file.")
             )
             continue
-        mask = predict_mask(module, image, settings, transform)
         colour = colorize_mode(mask, module.palette, module.mode)
         pictures = {"colour": colour}
         if "overlay" in kinds:

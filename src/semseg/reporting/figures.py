@@ -114,7 +114,7 @@ def prediction_grid_figure(runs: Sequence[Run], num_images: int = 4, seed: int =
         return None, notes
     names, picked, dataset, module = reference
     hp = module.hparams
-    classes = Classes(hp.class_names, module.palette, hp.ignore_index)
+    classes = Classes(hp.class_names, module.palette, hp.ignore_index, module.mode)
     mean, std = module.normalization
     samples = [_prepared(module, dataset[index]) for index in picked]
     ignored = classes.any_ignored([sample["mask"][0].numpy() for sample in samples])
@@ -122,7 +122,7 @@ def prediction_grid_figure(runs: Sequence[Run], num_images: int = 4, seed: int =
     titles = ["image", "ground truth", *(_column_title(c, common) for c in columns)]
     rows = [
         [
-            to_display(sample["image"][0].numpy(), mean, std),
+            to_display(sample["image"][0].numpy(), mean, std, stretch=module.max_pixel_value > 255),
             classes.colorize(sample["mask"][0].numpy()),
             *(classes.colorize(c.predictions[row]) for c in columns),
         ]
@@ -162,8 +162,9 @@ def _predict(runs: Sequence[Run], num_images: int, seed: int) -> tuple[tuple | N
         # As evaluation predicts (whole, tiled or TTA: the checkpoint's inference settings), so the
         # pictures show the predictions that were scored.
         images = (_prepared(module, dataset[i])["image"] for i in reference[1])
+        # module.prediction: argmax, or sigmoid > threshold per class in binary and multilabel tasks.
         predictions = [
-            predict_logits(module.net, image, module.inference)[0].argmax(0).cpu().numpy() for image in images
+            module.prediction(predict_logits(module.net, image, module.inference))[0].cpu().numpy() for image in images
         ]
         columns.append(_Column(run, predictions, checkpoint.name, checkpoint_epoch(checkpoint)))
     return reference, columns, notes

@@ -59,8 +59,10 @@ class SegmentationModule(L.LightningModule):
             ``metrics.boundary_width`` is its one source (a checkpoint's hyper-parameters hold it).
         in_channels: image channels.
         class_weights: per-class weights for the loss terms that take them, or None.
-        normalization: ``{"mean": [...], "std": [...]}`` of the inputs (0..1 units); None takes
-            the encoder's (see ``semseg.models.encoder_normalization``).
+        normalization: ``{"mean": [...], "std": [...], "max_pixel_value": 255 or 65535}`` of the
+            inputs (mean and std in 0..1 units, of pixel values divided by ``max_pixel_value``: the
+            images' depth, 255 when absent); None or a null mean takes the encoder's (see
+            ``semseg.models.encoder_normalization``).
         palette: one ``[R, G, B]`` per class for pictures and colour masks; None: ``semseg.data.palette``'s default.
         inference: the ``inference`` config group, how val and test see images (whole, tiled,
             TTA; see ``semseg.inference.tiling``).
@@ -84,7 +86,7 @@ class SegmentationModule(L.LightningModule):
         boundary_width: int,
         in_channels: int = 3,
         class_weights: Sequence[float] | None = None,
-        normalization: Mapping[str, Sequence[float]] | None = None,
+        normalization: Mapping[str, Sequence[float] | float | None] | None = None,
         palette: Sequence[Sequence[int]] | None = None,
         inference: Mapping | None = None,
         data: Mapping | None = None,
@@ -97,16 +99,18 @@ class SegmentationModule(L.LightningModule):
         self.save_hyperparameters()
         self.net = build_model(model, in_channels, num_classes)
         self._fine_tuning()  # a bad fine-tuning setting stops here, before any work
-        if normalization is None:
-            mean, std = encoder_normalization(model, in_channels)
-            self.hparams["normalization"] = {"mean": mean, "std": std}
+        normalization = dict(normalization or {})
+        if normalization.get("mean") is None or normalization.get("std") is None:
+            normalization["mean"], normalization["std"] = encoder_normalization(model, in_channels)
+        normalization.setdefault("max_pixel_value", 255.0)  # checkpoints from before 16-bit images
+        self.hparams["normalization"] = normalization
         if palette is None:
             # Sigmoid tasks have no background class: every class gets a colour other than black.
             default = class_palette(num_classes) if mode == MULTICLASS else class_palette(num_classes + 1)[1:]
             self.hparams["palette"] = default.tolist()
         elif len(palette) != num_classes or any(len(c) != 3 or not all(0 <= v <= 255 for v in c) for c in palette):
             raise ConfigError(f"data.palette={list(palette)}: give one [R, G, B] (0-255) per class ({num_classes}).")
-        self.prepare_batch = BatchPreparer(*self.normalization, ignore_index)
+        self.prepare_batch = BatchPreparer(*self.normalization, ignore_index, self.max_pixel_value)
         self.inference = InferenceSettings.from_config(inference)
         self.loss = build_loss(loss, num_classes, ignore_index, class_weights, mode)
         if mode == MULTICLASS:
@@ -191,6 +195,11 @@ class SegmentationModule(L.LightningModule):
         """The (mean, std) the network's inputs must be normalised with."""
         norm = self.hparams["normalization"]
         return list(norm["mean"]), list(norm["std"])
+
+    @property
+    def max_pixel_value(self) -> float:
+        """The full intensity of the images the network takes: 255 (8-bit) or 65535 (16-bit)."""
+        return float(self.hparams["normalization"].get("max_pixel_value", 255.0))
 
     @property
     def palette(self) -> np.ndarray:
