@@ -5,7 +5,6 @@ predicted and exported from the checkpoint alone at that depth."""
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import cv2
@@ -18,7 +17,6 @@ from omegaconf import open_dict
 from semseg.data import band_stats
 from semseg.data.band_stats import band_statistics
 from semseg.data.batch import BatchPreparer, pad_collate
-from semseg.data.inspection import inspect_folder
 from semseg.data.mask_encoding import MaskEncoder
 from semseg.data.reading import read_image
 from semseg.data.samples import FileSamples, sample_source
@@ -163,9 +161,13 @@ def test_multiband_tiffs_train_with_augmentations_evaluate_and_predict(multiband
     assert mean == pytest.approx(pixels.mean(axis=0).tolist(), rel=1e-6)
     assert std == pytest.approx(pixels.std(axis=0).tolist(), rel=1e-5)
     assert module.net(torch.zeros(1, BANDS, 32, 32)).shape == (1, 2, 32, 32)
+    ckpt = out / "checkpoints" / "best.ckpt"
+    cfg = compose_named("eval", [f"ckpt_path={ckpt}", "trainer=cpu"])
+    with open_dict(cfg):
+        cfg.output_dir = str(tmp_path / "eval")
+    assert evaluate(cfg)["test/miou"] == pytest.approx(metrics["test/miou"], abs=1e-6)
     pred = tmp_path / "pred"
     images = multiband / "images" / "test"
-    ckpt = out / "checkpoints" / "last.ckpt"
     cfg = compose_named("predict", [f"ckpt_path={ckpt}", f"input={images}", f"output={pred}"])
     assert predict(cfg)["predicted"] == 4
     assert set(np.unique(cv2.imread(str(pred / "masks" / "test0.png"), cv2.IMREAD_UNCHANGED))) <= {0, 1}
@@ -256,45 +258,3 @@ def test_16_bit_batches_are_normalised_as_albumentations_does_and_never_mixed_wi
         preparer(pad_collate([eight]))
     with pytest.raises(DataError, match=r"more than one depth: a \(uint16\), b \(uint8\)"):
         pad_collate([batch | {"image": batch["image"][0], "name": "a"}, eight])
-
-
-def test_the_data_check_reports_16_bits_and_bands_without_the_old_warning(gray16: Path, multiband: Path):
-    gray = inspect_folder(gray16, 2, in_channels=1)
-    assert gray.ok and not any("16-bit" in w or "8-bit" in w for w in gray.warnings)
-    assert (gray.image_dtype, gray.image_bands) == ("uint16", 1)
-    assert "images: 16-bit, 1 band(s)" in gray.summary() and gray.to_json()["images"] == {"dtype": "uint16", "bands": 1}
-    assert any("normalised with the train split's mean and std" in note for note in gray.notes)
-    bands = inspect_folder(multiband, 2, in_channels=BANDS)
-    assert bands.ok and (bands.image_dtype, bands.image_bands) == ("uint16", BANDS)
-
-
-def test_the_data_check_names_images_of_other_bands_depths_or_cut_short(multiband: Path, tmp_path: Path):
-    root = tmp_path / "set"
-    shutil.copytree(multiband, root)
-    four = inspect_folder(root, 2, in_channels=4)
-    assert len(four.problems) == 16 and "has 5 band(s) but data.in_channels=4" in four.problems[0].problem
-    train = root / "images" / "train"
-    tifffile.imwrite(train / "train0.tif", np.zeros((32, 32), np.float32))
-    rgb16 = np.zeros((32, 32, 3), np.uint16)
-    (train / "train1.tif").unlink()
-    cv2.imwrite(str(train / "train1.png"), rgb16)  # 16-bit RGB: Pillow says "RGB", the PNG header says 16 bits
-    whole = (train / "train2.tif").read_bytes()
-    (train / "train2.tif").write_bytes(whole[: len(whole) // 2])
-    problems = {Path(p.file).name: p for p in inspect_folder(root, 2, in_channels=BANDS).problems}
-    assert "float32 image" in problems["train0.tif"].problem and "16-bit" in problems["train0.tif"].fix
-    assert "has 3 band(s) but data.in_channels=5" in problems["train1.png"].problem
-    assert "is truncated: the TIFF file ends before its image data" in problems["train2.tif"].problem
-    cv2.imwrite(str(train / "train1.png"), np.zeros((32, 32, 3), np.uint8))
-    mixed = [p for p in inspect_folder(root, 2, in_channels=3).problems if "more than one depth" in p.problem]
-    assert len(mixed) == 1 and "train1.png (uint8)" in mixed[0].file and "(uint16)" in mixed[0].file
-
-
-def test_a_second_check_of_tiffs_reads_their_bands_and_depth_from_the_cache(multiband: Path, monkeypatch):
-    first = inspect_folder(multiband, 2, in_channels=BANDS)
-
-    def no_reading(*args, **kwargs):
-        raise AssertionError("opened a TIFF the cache holds")
-
-    monkeypatch.setattr(tifffile, "TiffFile", no_reading)
-    again = inspect_folder(multiband, 2, in_channels=BANDS)
-    assert again.ok and (again.image_dtype, again.image_bands) == (first.image_dtype, first.image_bands)

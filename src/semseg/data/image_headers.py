@@ -28,7 +28,7 @@ CACHE_VERSION = 2  # 2: bands and depth
 # an error, so a file cut short (an interrupted copy or download) is found by its missing end.
 END_MARKERS = {"PNG": b"IEND", "JPEG": b"\xff\xd9"}
 TAIL_BYTES = 1024  # room for a few bytes some writers append after the end marker
-# Pillow's modes of more than 8 bits per band (it reports a 16-bit RGB PNG as "RGB": see _png_depth).
+# Pillow's modes of more than 8 bits per band (it reports a 16-bit RGB PNG as "RGB": see read_header).
 PILLOW_DEPTHS = {"I;16": "uint16", "I;16B": "uint16", "I;16L": "uint16", "I;16N": "uint16"} | {
     "I": "int32",
     "F": "float32",
@@ -68,6 +68,8 @@ def read_header(path: Path, full: bool) -> Header:
         with Image.open(path) as image:
             width, height = image.size
             mode, file_format = image.mode, image.format
+            # A PNG's raw mode says its bit depth ("RGB;16B"), which Pillow's mode hides for colour.
+            sixteen_bits = file_format == "PNG" and bool(image.tile) and ";16" in str(image.tile[0][3])
     except (OSError, UnidentifiedImageError, SyntaxError):
         return _unreadable(path)
     if _cut_short(path, file_format):
@@ -75,15 +77,8 @@ def read_header(path: Path, full: bool) -> Header:
     if full and cv2.imread(str(path), cv2.IMREAD_UNCHANGED) is None:
         return _unreadable(path)
     bands = 3 if mode == "P" else Image.getmodebands(mode)
-    dtype = _png_depth(path) if file_format == "PNG" else PILLOW_DEPTHS.get(mode, "uint8")
+    dtype = "uint16" if sixteen_bits else PILLOW_DEPTHS.get(mode, "uint8")
     return Header((height, width), mode, bands, dtype)
-
-
-def _png_depth(path: Path) -> str:
-    """A PNG's sample type from its IHDR (bit depth at byte 24): Pillow reads 16-bit colour as 8-bit."""
-    with open(path, "rb") as f:
-        header = f.read(25)
-    return "uint16" if len(header) == 25 and header[24] == 16 else "uint8"
 
 
 def _tiff_header(path: Path, full: bool) -> Header:

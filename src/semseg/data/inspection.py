@@ -128,7 +128,7 @@ class DataReport:
             for name, s in self.splits.items()
         ]
         if self.image_dtype is not None:
-            bands = "" if self.image_bands is None else f", {self.image_bands} band(s)"
+            bands = "" if self.image_bands is None else f", {_bands_name(self.image_bands)}"
             lines.append(f"  images: {depth_name(self.image_dtype)}{bands}")
         if self.stored_values:
             lines.append(f"  stored mask values (before label_map): {describe_values(self.stored_values)}")
@@ -454,21 +454,39 @@ def _depth_and_bands(
     """The images' one stored depth and bands (None where they differ or none was read), the
     problem of a data set of several depths, and a note on how such images are normalised."""
     sound = {path: header for path, header in headers.items() if header.problem is None}
-    by_depth = {header.dtype: path for path, header in sound.items()}
+    by_depth: dict[str, Path] = {}  # each stored type -> its first image
+    for path, header in sound.items():
+        by_depth.setdefault(header.dtype, path)
     bands = {header.bands for header in sound.values()}
     one_band_count = bands.pop() if len(bands) == 1 else None
     if len(by_depth) > 1:
-        named = ", ".join(f"{path} ({dtype})" for dtype, path in by_depth.items())
-        fix = "convert them to one depth: a batch of both would be normalised wrongly."
-        return None, one_band_count, [Problem(named, "images are stored at more than one depth.", fix)], []
+        return None, one_band_count, [_mixed_depths(by_depth)], []
     depth = next(iter(by_depth), None)
+    notes = []
+    # Training normalises such images per band with the train split's statistics (the encoder's
+    # ImageNet mean/std fit only 8-bit grey or colour: semseg.data.band_stats): said, so that it is seen.
     notes = []
     if depth in MAX_PIXEL_VALUES and (depth != "uint8" or in_channels not in (1, 3)):
         notes.append(
-            f"images are {depth_name(depth)} with {in_channels} band(s): each band is normalised with the "
+            f"images are {depth_name(depth)} with {_bands_name(in_channels)}: each band is normalised with the "
             "train split's mean and std unless data.mean/std are given."
         )
     return depth, one_band_count, [], notes
+
+
+def _mixed_depths(by_depth: Mapping[str, Path]) -> Problem:
+    """One problem for a data set of several depths, naming an example file of each: inputs are
+    divided by their type's full intensity, so a batch of both would be normalised wrongly."""
+    examples = ", ".join(f"{path} ({dtype})" for dtype, path in by_depth.items())
+    return Problem(
+        examples,
+        f"images are stored at more than one depth ({', '.join(map(depth_name, by_depth))}).",
+        "convert them to one depth (all 8-bit or all 16-bit): a batch of both would be normalised wrongly.",
+    )
+
+
+def _bands_name(bands: int) -> str:
+    return f"{bands} band(s)"  # as the problems of other bands than data.in_channels word it
 
 
 def depth_name(dtype: str) -> str:
