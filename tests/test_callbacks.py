@@ -73,7 +73,7 @@ def test_the_k_worst_images_are_found_across_batches_and_k_0_keeps_none():
     module = SimpleNamespace(
         hparams=SimpleNamespace(num_classes=2, ignore_index=255), normalization=([0] * 3, [1 / 255] * 3),
         net=PredictionInChannel0(), inference=InferenceSettings.from_config(None), device=torch.device("cpu"),
-        prepare_batch=identity,
+        prepare_batch=identity, max_pixel_value=255.0,
     )  # fmt: skip
     trainer = SimpleNamespace(
         is_global_zero=True, sanity_checking=False, precision_plugin=Precision(),
