@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from semseg.data import image_headers, inspection
+from semseg.data import image_checks, image_headers
 from semseg.data.inspection import inspect_folder
 from tests.conftest import new_samples
 
@@ -159,7 +159,7 @@ def test_a_second_check_reads_the_headers_from_the_cache(tmp_path: Path, monkeyp
         raise AssertionError("a TIFF was opened although its header is cached")
 
     monkeypatch.setattr(image_headers.tifffile, "TiffFile", fail)
-    monkeypatch.setattr(inspection, "read_header", fail)
+    monkeypatch.setattr(image_checks, "read_header", fail)
     second = inspect(root, in_channels=5)
     assert second.ok and first.ok
     assert (second.image_dtype, second.image_bands) == (first.image_dtype, first.image_bands) == ("uint16", 5)

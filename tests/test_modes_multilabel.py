@@ -99,6 +99,17 @@ def test_both_mask_layouts_read_identically(tmp_path: Path):
     assert by_image.ok and (by_image.train_counts.pixels == report.train_counts.pixels).all()
 
 
+def test_the_data_check_checks_multilabel_images_as_any_others(tmp_path: Path):
+    root = write_overlaps(tmp_path / "r", {"train": 3, "val": 1}, folders=True)
+    cut = root / "images" / "train" / "train0.png"
+    cut.write_bytes(cut.read_bytes()[:60])
+    cv2.imwrite(str(root / "images" / "train" / "train1.png"), np.zeros((32, 32, 3), np.uint16))
+    report = inspect_data({"root": str(root), "num_classes": 3, "class_names": CLASSES, "mode": "multilabel"})
+    assert any(p.file == str(cut) and "truncated" in p.problem for p in report.problems), report.problems
+    mixed = [p for p in report.problems if "more than one depth" in p.problem]
+    assert len(mixed) == 1 and "train1.png (uint16)" in mixed[0].file
+
+
 def test_mask_folders_pair_with_list_file_splits(tmp_path: Path):
     root = write_overlaps(tmp_path / "folders", {"train": 3, "val": 1}, folders=True)
     (root / "train.txt").write_text("train0\ntrain2\n")

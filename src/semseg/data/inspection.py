@@ -20,13 +20,12 @@ import numpy as np
 from semseg.data.batch import MASK_PAD_CODE
 from semseg.data.class_weights import METHODS, ClassCounts, weights_from_counts
 from semseg.data.colour_labels import suggested_colour_map, unpack
-from semseg.data.image_headers import Header, cached_headers, read_header
+from semseg.data.image_checks import bands_name, check_images, depth_name, image_headers
 from semseg.data.layout import DataLayout
 from semseg.data.mask_encoding import INVALID_CODE, MaskEncoder, resolve_class_names
 from semseg.data.mask_stats import MaskSummary, summarize_masks
 from semseg.data.multilabel_masks import BACKGROUND, MULTICLASS, MULTILABEL, check_mode, inspect_multilabel
 from semseg.data.pairing import SPLITS
-from semseg.data.reading import CONVERTED_BANDS, DEPTH_FIX, MAX_PIXEL_VALUES, TIFF_SUFFIXES
 from semseg.data.synthetic import SyntheticSpec, generate, own_folder_or_synthetic
 from semseg.errors import DataError, Problem, problems_message
 
@@ -128,7 +127,7 @@ class DataReport:
             for name, s in self.splits.items()
         ]
         if self.image_dtype is not None:
-            bands = "" if self.image_bands is None else f", {_bands_name(self.image_bands)}"
+            bands = "" if self.image_bands is None else f", {bands_name(self.image_bands)}"
             lines.append(f"  images: {depth_name(self.image_dtype)}{bands}")
         if self.stored_values:
             lines.append(f"  stored mask values (before label_map): {describe_values(self.stored_values)}")
@@ -321,7 +320,6 @@ def inspect_folder(
     names = resolve_class_names(num_classes, class_names, label_map, ignore_index, root)
     encoder = MaskEncoder(num_classes, ignore_index, label_map, names, root)
     problems: list[Problem] = []
-    grouped_warnings: dict[str, list[str]] = {}
     pairs_by_split = {}
     for split in SPLITS:
         if split == "test" and not layout.has_split("test"):
@@ -333,12 +331,7 @@ def inspect_folder(
     colour_map, unmapped = encoder.colours is not None, {}
     colours_found = "" if colour_map else suggested_colour_map(_stored_colours(summaries.values()))
 
-    image_paths = [image for pairs in pairs_by_split.values() for image, _ in pairs]
-    if full:  # every image decoded: nothing to take from a cache
-        found_headers = [read_header(path, True) for path in image_paths]
-    else:
-        found_headers = cached_headers(root, image_paths, lambda path: read_header(path, False))
-    headers = dict(zip(image_paths, found_headers, strict=True))
+    headers = image_headers(root, [image for pairs in pairs_by_split.values() for image, _ in pairs], full)
 
     splits, palette_masks = {}, 0
     for split, pairs in pairs_by_split.items():
@@ -352,7 +345,6 @@ def inspect_folder(
             else:
                 key = f"{size[1]}x{size[0]}"
                 report.image_sizes[key] = report.image_sizes.get(key, 0) + 1
-                _note_image_kind(image_path, header, in_channels, grouped_warnings, problems)
             if mask_path is None:
                 continue
             mask = summaries[mask_path]
@@ -375,15 +367,23 @@ def inspect_folder(
             f"{palette_masks} palette PNG mask(s): their palette indices are read as the stored values "
             "(the colours are not used)."
         )
-    warnings = [f"{len(files)} {kind}, e.g. {files[0]}" for kind, files in grouped_warnings.items()]
-    warnings += _class_warnings(splits, names)
+    images = check_images(headers, in_channels)
+    warnings = images.warnings + _class_warnings(splits, names)
     unmapped_colours, colour_problems = _unmapped_colours(unmapped)
-    problems += colour_problems
-    depth, bands, depth_problems, depth_notes = _depth_and_bands(headers, in_channels)
-    problems += depth_problems
-    notes += depth_notes
+    problems += colour_problems + images.problems
     stored = _stored_values(summaries.values())
-    return DataReport(root, names, splits, problems, warnings, notes, stored, unmapped_colours, depth, bands)
+    return DataReport(
+        root,
+        names,
+        splits,
+        problems,
+        warnings,
+        notes + images.notes,
+        stored,
+        unmapped_colours,
+        images.dtype,
+        images.bands,
+    )
 
 
 def _summaries(root: Path, pairs_by_split: Mapping[str, list]) -> dict[Path, MaskSummary]:
@@ -429,71 +429,6 @@ def stored_mask_values(data: Mapping) -> tuple[dict[int, int], dict[int, int]]:
     return _stored_values(summaries), _stored_colours(summaries)
 
 
-def _note_image_kind(path: Path, header: Header, in_channels: int, warnings: dict, problems: list[Problem]) -> None:
-    """Images of a depth semseg does not read, or of other bands than ``data.in_channels``:
-    converted as read (warned, grouped) or refused."""
-    if header.dtype not in MAX_PIXEL_VALUES:
-        problems.append(Problem(str(path), f"is a {header.dtype} image.", f"{DEPTH_FIX}."))
-        return
-    bands = header.bands
-    if bands == in_channels:
-        return
-    tiff = path.suffix.lower() in TIFF_SUFFIXES  # read by tifffile, converted only as CONVERTED_BANDS allows
-    if in_channels in (1, 3) and (not tiff or bands in CONVERTED_BANDS[in_channels]):
-        alpha_lost = bands == 4 and in_channels == 3
-        what = "RGBA images lose their alpha channel" if alpha_lost else f"{bands}-band images are converted"
-        warnings.setdefault(f"{what} (data.in_channels={in_channels})", []).append(str(path))
-        return
-    fix = "set data.in_channels to match the images."
-    problems.append(Problem(str(path), f"has {bands} band(s) but data.in_channels={in_channels}.", fix))
-
-
-def _depth_and_bands(
-    headers: Mapping[Path, Header], in_channels: int
-) -> tuple[str | None, int | None, list[Problem], list[str]]:
-    """The images' one stored depth and bands (None where they differ or none was read), the
-    problem of a data set of several depths, and a note on how such images are normalised."""
-    sound = {path: header for path, header in headers.items() if header.problem is None}
-    by_depth: dict[str, Path] = {}  # each stored type -> its first image
-    for path, header in sound.items():
-        by_depth.setdefault(header.dtype, path)
-    bands = {header.bands for header in sound.values()}
-    one_band_count = bands.pop() if len(bands) == 1 else None
-    if len(by_depth) > 1:
-        return None, one_band_count, [_mixed_depths(by_depth)], []
-    depth = next(iter(by_depth), None)
-    notes = []
-    # Training normalises such images per band with the train split's statistics (the encoder's
-    # ImageNet mean/std fit only 8-bit grey or colour: semseg.data.band_stats): said, so that it is seen.
-    notes = []
-    if depth in MAX_PIXEL_VALUES and (depth != "uint8" or in_channels not in (1, 3)):
-        notes.append(
-            f"images are {depth_name(depth)} with {_bands_name(in_channels)}: each band is normalised with the "
-            "train split's mean and std unless data.mean/std are given."
-        )
-    return depth, one_band_count, [], notes
-
-
-def _mixed_depths(by_depth: Mapping[str, Path]) -> Problem:
-    """One problem for a data set of several depths, naming an example file of each: inputs are
-    divided by their type's full intensity, so a batch of both would be normalised wrongly."""
-    examples = ", ".join(f"{path} ({dtype})" for dtype, path in by_depth.items())
-    return Problem(
-        examples,
-        f"images are stored at more than one depth ({', '.join(map(depth_name, by_depth))}).",
-        "convert them to one depth (all 8-bit or all 16-bit): a batch of both would be normalised wrongly.",
-    )
-
-
-def _bands_name(bands: int) -> str:
-    return f"{bands} band(s)"  # as the problems of other bands than data.in_channels word it
-
-
-def depth_name(dtype: str) -> str:
-    """``uint16`` -> ``16-bit``; other types as they are."""
-    return {"uint8": "8-bit", "uint16": "16-bit"}.get(dtype, dtype)
-
-
 def _class_warnings(splits: Mapping[str, SplitReport], names: Sequence[str]) -> list[str]:
     warnings = []
     for split, report in splits.items():
@@ -521,7 +456,7 @@ def inspect_data(data: Mapping, full: bool = False) -> DataReport:
     if mode != MULTICLASS:
         names = resolve_class_names(num_classes, class_names, None, data.get("ignore_index"), data["root"])
         if mode == MULTILABEL:
-            return replace(inspect_multilabel(data, DataLayout.of(data), names), weights_apply=False)
+            return replace(inspect_multilabel(data, DataLayout.of(data), names, full), weights_apply=False)
         num_classes, class_names = 2, [BACKGROUND, *names]  # binary: index masks of 0 and 1
     report = inspect_folder(
         data["root"],

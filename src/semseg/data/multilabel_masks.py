@@ -14,9 +14,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from semseg.data.batch import MASK_PAD_CODE
+from semseg.data.image_checks import check_images, image_headers
 from semseg.data.mask_encoding import MaskEncoder
 from semseg.data.reading import read_mask
 from semseg.errors import ConfigError, DataError
@@ -141,30 +141,33 @@ class MultilabelMaskEncoder:
         return out
 
 
-def inspect_multilabel(data: Mapping, layout, class_names: list[str]):
+def inspect_multilabel(data: Mapping, layout, class_names: list[str], full: bool = False):
     """The data inspection of a multi-label set: every split paired (a mask is a folder or an
-    image), every mask read, each class's present pixels counted (a ``DataReport``)."""
+    image), the images checked as in any task (``image_checks``; ``full`` decodes them), every mask
+    read, each class's present pixels counted (a ``DataReport``)."""
     from semseg.data.class_weights import ClassCounts
     from semseg.data.inspection import DataReport, SplitReport
     from semseg.data.pairing import SPLITS
     from semseg.errors import Problem
 
     encoder = MultilabelMaskEncoder(class_names, data.get("ignore_index"))
-    problems, splits = [], {}
+    problems, splits, pairs_by_split = [], {}, {}
     for split in SPLITS:
         if split == "test" and not layout.has_split("test"):
             continue
-        pairs, found = layout.find_pairs(split, require_masks=split != "test")
+        pairs_by_split[split], found = layout.find_pairs(split, require_masks=split != "test")
         problems += found
+    root = Path(data["root"])
+    headers = image_headers(root, [image for pairs in pairs_by_split.values() for image, _ in pairs], full)
+    for split, pairs in pairs_by_split.items():
         labelled = bool(pairs) and pairs[0][1] is not None
         report = SplitReport(len(pairs), labelled, ClassCounts.zeros(len(class_names)) if labelled else None)
         for image_path, mask_path in pairs:
-            try:
-                with Image.open(image_path) as image:
-                    width, height = image.size
-            except (OSError, SyntaxError):
-                problems.append(Problem(str(image_path), "cannot be read as an image.", "fix or remove the file."))
+            header = headers[image_path]
+            if header.problem:
+                problems.append(header.problem)
                 continue
+            height, width = header.size
             key = f"{width}x{height}"
             report.image_sizes[key] = report.image_sizes.get(key, 0) + 1
             if mask_path is None:
@@ -182,5 +185,9 @@ def inspect_multilabel(data: Mapping, layout, class_names: list[str]):
             report.ignored_pixels += int(ignored[..., 0].sum())
             report.counts.add(((planes == 1) & ~ignored).sum(axis=(0, 1)).astype(np.int64))
         splits[split] = report
+    images = check_images(headers, data.get("in_channels", 3))
     notes = [f"data.mode=multilabel: {len(class_names)} classes, each present or absent at every pixel."]
-    return DataReport(Path(data["root"]), list(class_names), splits, problems, [], notes)
+    return DataReport(
+        root, list(class_names), splits, problems + images.problems, images.warnings, notes + images.notes,
+        image_dtype=images.dtype, image_bands=images.bands,
+    )  # fmt: skip
