@@ -40,7 +40,7 @@ def build_module(
     they are saved with the module's hyper-parameters, so the checkpoint and the logger hold them.
     ``resume_from`` is the checkpoint training resumes from (``resume_checkpoint``), if any: its
     weights then replace ``model.init_from``'s, which are not loaded. ``normalization``: the
-    inputs' (``semseg.data.band_stats.input_normalization``, which reads the data); None takes
+    inputs' (``semseg.data.band_stats.input_normalization``, from the data); None takes
     ``data.mean/std`` for 8-bit images, or the encoder's.
     """
     data = cfg.data
@@ -137,7 +137,7 @@ def build_run(
     class_weights = resolve_class_weights(cfg.loss.get("class_weights"), report.class_names, report.train_counts)
     if rank_zero:
         _log_class_weights(cfg.loss.get("class_weights"), report.class_names, class_weights)
-    normalization = input_normalization(OmegaConf.to_container(cfg.data, resolve=True))
+    normalization = input_normalization(OmegaConf.to_container(cfg.data, resolve=True), report.image_dtype)
     module = build_module(cfg, class_weights, resume_from, normalization)
     return report, module, build_datamodule(cfg.data, seed)
 

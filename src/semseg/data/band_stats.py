@@ -24,7 +24,7 @@ import numpy as np
 from semseg.data.cores import data_parallelism
 from semseg.data.file_cache import FileCache
 from semseg.data.layout import DataLayout
-from semseg.data.reading import MAX_PIXEL_VALUES, read_image
+from semseg.data.reading import MAX_PIXEL_VALUES, is_8_bit_grey_or_colour, read_image
 from semseg.errors import ConfigError, DataError
 from semseg.files import lock_making
 
@@ -37,21 +37,21 @@ MAX_IMAGES = 2000
 ROWS_PER_BLOCK = 256  # sums are taken in float64 blocks of rows, not over a float64 copy of a whole image
 
 
-def input_normalization(data: Mapping) -> dict:
-    """The module's ``normalization`` for a ``data`` config: ``max_pixel_value`` of the images'
-    depth, and ``mean``/``std`` (0..1 units) from ``data.mean/std``, or from the train split's
-    bands when the encoder's (ImageNet's) statistics do not fit the images (16-bit, or bands other
-    than 1 or 3), or None (the encoder's, filled in by the module)."""
+def input_normalization(data: Mapping, dtype: str) -> dict:
+    """The module's ``normalization`` for a ``data`` config whose images are stored as ``dtype``
+    (the data check's ``image_dtype``): ``max_pixel_value`` of that depth, and ``mean``/``std``
+    (0..1 units) from ``data.mean/std``, or from the train split's bands when the encoder's
+    (ImageNet's) statistics do not fit the images (16-bit, or bands other than 1 or 3), or None
+    (the encoder's, filled in by the module)."""
     in_channels = int(data.get("in_channels", 3))
-    paths = [image for image, _ in DataLayout.of(data).list_pairs("train")]
-    dtype = read_image(paths[0], in_channels).dtype.name
     normalization = {"max_pixel_value": MAX_PIXEL_VALUES[dtype], "mean": None, "std": None}
     if data.get("mean") is not None and data.get("std") is not None:
         mean, std = list(data["mean"]), list(data["std"])
         _check_lengths(mean, std, in_channels)
         return normalization | {"mean": mean, "std": std}
-    if dtype == "uint8" and in_channels in (1, 3):
+    if is_8_bit_grey_or_colour(dtype, in_channels):
         return normalization
+    paths = [image for image, _ in DataLayout.of(data).list_pairs("train")]
     mean, std = band_statistics(Path(data["root"]), paths, in_channels)
     bits = 16 if dtype == "uint16" else 8
     log.info(

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import cv2
 import lightning as L
-import numpy as np
 import torch
 from lightning.pytorch.accelerators import CPUAccelerator
 from torch.utils.data import DataLoader
@@ -23,6 +22,7 @@ from semseg.data.dataset import SegmentationDataset
 from semseg.data.layout import DataLayout
 from semseg.data.mask_encoding import resolve_class_names
 from semseg.data.multilabel_masks import mask_encoder
+from semseg.data.reading import is_8_bit_grey_or_colour
 from semseg.data.samples import FileSamples, PackedSamples, sample_source
 from semseg.data.sampling import EpochSampler
 from semseg.data.synthetic import SyntheticSpec, generate
@@ -174,7 +174,7 @@ class SegmentationDataModule(L.LightningDataModule):
         source = sample_source(files, cache, self.cache_max_gb, self.layout.describe(split))
         if split == "train" and len(source):
             image, mask = source[0]
-            if image.dtype != np.uint8 or image.shape[2] not in (1, 3):  # beyond what augmentations assume
+            if not is_8_bit_grey_or_colour(image.dtype.name, image.shape[2]):
                 check_augmentations(transform, image, mask)
         return SegmentationDataset(files.pairs, source, transform, self.seed)
 

@@ -9,7 +9,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from semseg.data.image_headers import Header, cached_headers, read_header
-from semseg.data.reading import CONVERTED_BANDS, DEPTH_FIX, MAX_PIXEL_VALUES, TIFF_SUFFIXES
+from semseg.data.reading import (
+    CONVERTED_BANDS,
+    DEPTH_FIX,
+    MAX_PIXEL_VALUES,
+    TIFF_SUFFIXES,
+    is_8_bit_grey_or_colour,
+)
 from semseg.errors import Problem
 
 
@@ -82,7 +88,7 @@ def _depth_and_bands(
     notes = []
     # Training normalises such images per band with the train split's statistics (the encoder's
     # ImageNet mean/std fit only 8-bit grey or colour: semseg.data.band_stats): said, so that it is seen.
-    if depth in MAX_PIXEL_VALUES and (depth != "uint8" or in_channels not in (1, 3)):
+    if depth in MAX_PIXEL_VALUES and not is_8_bit_grey_or_colour(depth, in_channels):
         notes.append(
             f"images are {depth_name(depth)} with {bands_name(in_channels)}: each band is normalised with the "
             "train split's mean and std unless data.mean/std are given."

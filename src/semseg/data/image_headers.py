@@ -29,7 +29,8 @@ CACHE_VERSION = 2  # 2: bands and depth
 END_MARKERS = {"PNG": b"IEND", "JPEG": b"\xff\xd9"}
 TAIL_BYTES = 1024  # room for a few bytes some writers append after the end marker
 # Pillow's modes of more than 8 bits per band (it reports a 16-bit RGB PNG as "RGB": see read_header).
-PILLOW_DEPTHS = {"I;16": "uint16", "I;16B": "uint16", "I;16L": "uint16", "I;16N": "uint16"} | {
+PILLOW_DEPTHS = {
+    **dict.fromkeys(("I;16", "I;16B", "I;16L", "I;16N"), "uint16"),
     "I": "int32",
     "F": "float32",
 }

@@ -81,24 +81,29 @@ def colorize(mask: np.ndarray, palette: np.ndarray, ignore_index: int | None = N
 
 def to_display(image: np.ndarray, mean: list[float], std: list[float], stretch: bool = False) -> np.ndarray:
     """A normalised (C, H, W) float image back to (H, W, 3) uint8 for display: its first 3 bands,
-    or its first band as grey when it has fewer. ``stretch``: each band's 1st to 99th percentile spread over 0..255, for
-    16-bit images, whose values often fill a small part of 0..65535 (a dim microscope channel)."""
+    or its first band as grey when it has fewer. ``stretch``: each band's 1st to 99th percentile
+    spread over 0..255, for 16-bit images, whose values often fill a small part of 0..65535 (a dim
+    microscope channel)."""
     channels = 3 if image.shape[0] >= 3 else 1
     pixels = image[:channels] * np.asarray(std)[:channels, None, None] + np.asarray(mean)[:channels, None, None]
-    if stretch:
-        low, high = np.percentile(pixels.reshape(channels, -1), [1, 99], axis=1)[..., None, None]
-        pixels = (pixels - low) / np.maximum(high - low, 1e-6)
-    pixels = np.clip(np.rint(pixels * 255.0), 0, 255).astype(np.uint8).transpose(1, 2, 0)
-    return np.repeat(pixels, 3, axis=2) if channels == 1 else pixels
+    return _rgb8(pixels.transpose(1, 2, 0), stretch)
 
 
 def stored_to_display(image: np.ndarray) -> np.ndarray:
     """An (H, W, C) image as stored (uint8 or uint16) -> (H, W, 3) uint8 for display: its first 3
     bands or its first band as grey; 16-bit images stretched as ``to_display`` does."""
     pixels = image[..., :3] if image.shape[2] >= 3 else image[..., :1]
-    if pixels.dtype != np.uint8:
+    if pixels.dtype == np.uint8:
+        return np.ascontiguousarray(np.repeat(pixels, 3, axis=2) if pixels.shape[2] == 1 else pixels)
+    return _rgb8(pixels.astype(np.float32), stretch=True)
+
+
+def _rgb8(pixels: np.ndarray, stretch: bool) -> np.ndarray:
+    """(H, W, 1 or 3) values in 0..1 (or any range, with ``stretch``) -> (H, W, 3) uint8."""
+    if stretch:
         low, high = np.percentile(pixels.reshape(-1, pixels.shape[2]), [1, 99], axis=0)
-        pixels = np.clip(np.rint((pixels - low) / np.maximum(high - low, 1e-6) * 255.0), 0, 255).astype(np.uint8)
+        pixels = (pixels - low) / np.maximum(high - low, 1e-6)
+    pixels = np.clip(np.rint(pixels * 255.0), 0, 255).astype(np.uint8)
     return np.ascontiguousarray(np.repeat(pixels, 3, axis=2) if pixels.shape[2] == 1 else pixels)
 
 

@@ -23,6 +23,14 @@ TIFF_SUFFIXES = (".tif", ".tiff")
 # data.mean/std apply (both in 0..1 units, as albumentations' Normalize takes them).
 MAX_PIXEL_VALUES = {"uint8": 255.0, "uint16": 65535.0}
 DEPTH_FIX = "store 8- or 16-bit images (scale other types to 0..65535 and save as 16-bit PNG or TIFF)"
+
+
+def is_8_bit_grey_or_colour(dtype: str, bands: int) -> bool:
+    """Images as pretrained encoders (ImageNet's statistics) and albumentations' colour transforms
+    assume them; others are normalised per band from the data and have their augmentations tried."""
+    return dtype == "uint8" and bands in (1, 3)
+
+
 # The stored bands a TIFF of other bands than data.in_channels may have, converted as OpenCV
 # converts other formats: grey repeated or RGBA's alpha dropped for 3; RGB(A) to grey for 1.
 CONVERTED_BANDS = {3: (1, 4), 1: (3, 4)}
@@ -80,8 +88,8 @@ def _to_channels(image: np.ndarray, in_channels: int, path: Path) -> np.ndarray:
 class TiffLayout:
     """Where a TIFF's image is: the series read, and which of its axes hold the bands.
 
-    ``series`` indices whose 2-D images are the bands (a file of one band per page), or one series
-    whose ``band_axis`` (None: a single band) is the band axis.
+    ``series``: the indices of the series whose 2-D images are the bands (a file of one band per
+    page), or the one series whose axes (``axes``) besides Y and X hold the bands.
     """
 
     height: int
