@@ -1,4 +1,4 @@
-# Set-up on a fresh machine: `make train` (venv + install + train on the synthetic default) and `make test`.
+# Set-up on a fresh machine: `make train` (venv + install + train on the embedded synthetic set) and `make test`.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -22,7 +22,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 train: install
-	$(PY) scripts/train.py $(ARGS)
+	$(PY) scripts/train.py data=synthetic $(ARGS)
 
 test: install
 	$(PY) -m pytest -q

@@ -19,8 +19,11 @@ def main(cfg: DictConfig) -> None:
     # Imported here, after the command line is read: semseg.data loads torch and Lightning, which
     # --help need not wait for.
     from semseg.data.inspection import inspect_data
+    from semseg.data.synthetic import require_data_named
     from semseg.files import write_json_atomic
 
+    if OmegaConf.is_missing(cfg.data, "root"):
+        require_data_named(cfg.data, "python scripts/inspect_data.py")
     if OmegaConf.is_missing(cfg.data, "num_classes"):
         sys.exit(_describe_without_classes(OmegaConf.to_container(cfg.data, resolve=True)))
     report = inspect_data(OmegaConf.to_container(cfg.data, resolve=True), full=cfg.full)
@@ -42,7 +45,7 @@ def _describe_without_classes(data: dict) -> str:
         return (
             "error: data.num_classes is not set. Set it to the number of classes, and map each colour to its "
             "class (index or name) or to data.ignore_index with data.label_map, or name a palette file of "
-            "name,R,G,B rows (see docs/data.md, Colour masks)."
+            "name,R,G,B rows (see docs/data.md#colour-masks)."
         )
     if not values:
         return f"error: no single-channel masks found under {root}/masks/{{train,val,test}}."

@@ -1,4 +1,4 @@
-"""The README's model table: parameters, GFLOPs and CPU forward latency of each model config.
+"""The model table of docs/models.md: parameters, GFLOPs and CPU forward latency of each model config.
 
     python scripts/model_table.py                       # 512x512, 21 classes, Markdown to stdout
     python scripts/model_table.py --size 256 --repeats 5 --output models.md --only FCN SegFormer

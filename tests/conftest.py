@@ -67,6 +67,12 @@ def odd_size_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+def tiny_data(root: Path) -> list[str]:
+    """The overrides that train on a generated set already there (``root``, of another spec than
+    data=synthetic's): data=synthetic's classes and recipe, nothing generated."""
+    return ["data=synthetic", f"data.root={root}", "data.synthetic=null"]
+
+
 def compose_named(config_name: str, overrides: list[str] | None = None) -> DictConfig:
     """The real conf/<config_name>.yaml with ``overrides`` (no Hydra run, so output_dir must be set)."""
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
@@ -107,12 +113,13 @@ def folder_cfg(root: Path, out: Path, *overrides: str) -> DictConfig:
 
 @pytest.fixture
 def make_cfg(tiny_root: Path, tmp_path: Path):
-    """Builds a cheap training config on the tiny data set, writing into ``tmp_path/run``."""
+    """Builds a cheap training config on the tiny data set (data=synthetic's recipe), writing into
+    ``tmp_path/run``."""
 
     def make(*overrides: str, root: Path | None = None, pictures: bool = False) -> DictConfig:
         cheap = [o for o in CHEAP if o != TINY_ENCODER and not (pictures and o == NO_PICTURES)]
         # resume=false: tests that train twice into one folder mean two fresh runs.
-        cfg = compose_cfg([*cheap, "resume=false", f"data.root={root or tiny_root}", *overrides])
+        cfg = compose_cfg([*cheap, "resume=false", "data=synthetic", f"data.root={root or tiny_root}", *overrides])
         with open_dict(cfg):
             with_tiny_encoder(cfg, overrides)
             cfg.output_dir = str(tmp_path / "run")
@@ -134,8 +141,8 @@ def trained_run(tiny_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
     pipe as in a batch job, is kept beside the folder (``console_output``)."""
     folder = tmp_path_factory.mktemp("trained") / "run"
     cheap = [o for o in CHEAP if o != "trainer.enable_model_summary=false"]  # tests/test_console.py reads it
-    command = [sys.executable, str(CONF_DIR.parent / "scripts" / "train.py"), *cheap, f"data.root={tiny_root}",
-               "data.synthetic=null", "trainer.max_epochs=2", f"hydra.run.dir={folder}"]  # fmt: skip
+    command = [sys.executable, str(CONF_DIR.parent / "scripts" / "train.py"), *cheap, *tiny_data(tiny_root),
+               "trainer.max_epochs=2", f"hydra.run.dir={folder}"]  # fmt: skip
     result = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=600)
     (folder.parent / "console.txt").write_bytes(result.stdout)
     assert result.returncode == 0, result.stdout.decode(errors="replace")[-4000:]

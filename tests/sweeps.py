@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.conftest import CHEAP
+from tests.conftest import CHEAP, tiny_data
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def sweep_command(sweep: Path, tiny_root: Path, swept: list[str], *overrides: str) -> list[str]:
     """``scripts/train.py -m <swept>`` writing the sweep into ``sweep``; ``overrides`` come after the
     cheap defaults, so they win over them (``trainer=ddp_cpu``)."""
-    tiny = [*CHEAP, f"data.root={tiny_root}", "data.synthetic=null"]
+    tiny = [*CHEAP, *tiny_data(tiny_root)]
     return [
         sys.executable, str(ROOT / "scripts" / "train.py"), "-m", *swept, f"hydra.sweep.dir={sweep}", *tiny, *overrides
     ]  # fmt: skip

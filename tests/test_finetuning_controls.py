@@ -1,4 +1,4 @@
-"""Fine-tuning controls: model.freeze_encoder, optimizer.encoder_lr_mult, optimizer.no_decay_norm_bias."""
+"""Fine-tuning controls: model.freeze_encoder, param_groups.encoder_lr_mult, param_groups.no_decay_norm_bias."""
 
 from __future__ import annotations
 
@@ -22,7 +22,11 @@ from semseg.training.train import train
 PROBE = "+callbacks.probe._target_=tests.test_finetuning_controls.EncoderProbe"
 NO_TEST = "run_test=false"  # these tests look at the training only
 # Today's optimizer and model configs as runs saved before these keys had them.
-WITHOUT_FINE_TUNING_KEYS = ("~optimizer.no_decay_norm_bias", "~optimizer.encoder_lr_mult", "~model.freeze_encoder")
+WITHOUT_FINE_TUNING_KEYS = (
+    "~param_groups.no_decay_norm_bias",
+    "~param_groups.encoder_lr_mult",
+    "~model.freeze_encoder",
+)
 
 
 def _encoder(module: L.LightningModule) -> nn.Module:
@@ -118,7 +122,7 @@ def test_freezing_for_n_epochs_trains_the_encoder_from_epoch_n_also_when_resumed
 
 @pytest.mark.parametrize(("schedule", "settings"), [("poly", []), ("cosine", ["scheduler.min_lr_ratio=0.1"])])
 def test_the_encoder_group_follows_the_schedule_at_its_share_of_the_rate(make_cfg, schedule: str, settings: list[str]):
-    cfg = make_cfg("optimizer.encoder_lr_mult=0.1", f"scheduler={schedule}", "scheduler.warmup_ratio=0.2", *settings)
+    cfg = make_cfg("param_groups.encoder_lr_mult=0.1", f"scheduler={schedule}", "scheduler.warmup_ratio=0.2", *settings)
     optimizer, scheduler = build_module(cfg).build_optimization(total_steps=20)
     # The schedule's factor at each step: the same schedule over one group at rate 1.
     reference = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
@@ -139,7 +143,7 @@ def test_the_encoder_group_follows_the_schedule_at_its_share_of_the_rate(make_cf
 
 
 def test_both_rates_are_logged_every_step(make_cfg):
-    cfg = make_cfg("optimizer.encoder_lr_mult=0.1", NO_TEST)
+    cfg = make_cfg("param_groups.encoder_lr_mult=0.1", NO_TEST)
     train(cfg)
     rows = [row for row in _csv_rows(cfg) if row.get("train/lr")]
     assert len(rows) >= 2  # every step (log_every_n_steps=1)
@@ -148,7 +152,7 @@ def test_both_rates_are_logged_every_step(make_cfg):
 
 
 def test_norm_layers_and_biases_get_no_weight_decay(make_cfg):
-    cfg = make_cfg()  # conf/optimizer/adamw.yaml: no_decay_norm_bias: true
+    cfg = make_cfg()  # conf/train.yaml: param_groups.no_decay_norm_bias: true
     module = build_module(cfg)
     optimizer, _ = module.build_optimization(total_steps=10)
     decay = {id(p): g["weight_decay"] for g in optimizer.param_groups for p in g["params"]}
@@ -179,7 +183,7 @@ def test_a_run_saved_with_one_group_resumes_with_its_optimizer_state_under_today
     resumed = torch.load(_last_checkpoint(cfg), map_location="cpu", weights_only=True)
     assert resumed["epoch"] == 1
     assert len(resumed["optimizer_states"][0]["param_groups"]) == 1
-    assert resumed["hyper_parameters"]["optimizer"]["no_decay_norm_bias"] is False  # and its next resume too
+    assert resumed["hyper_parameters"]["param_groups"]["no_decay_norm_bias"] is False  # and its next resume too
     # The optimizer state went on from the saved one: AdamW's step counts kept rising.
     steps = {int(s["step"]) for s in resumed["optimizer_states"][0]["state"].values()}
     assert steps == {2 * int(next(iter(saved["optimizer_states"][0]["state"].values()))["step"])}
@@ -199,8 +203,8 @@ def test_a_frozen_encoder_stays_in_eval_mode_whoever_calls_train(make_cfg):
     [
         ("model.freeze_encoder=-1", r"model.freeze_encoder=-1: use false, true, or a number of epochs"),
         ("model.freeze_encoder=1.5", r"model.freeze_encoder=1.5: use false, true"),
-        ("optimizer.encoder_lr_mult=0", r"optimizer.encoder_lr_mult=0: give a positive factor"),
-        ("optimizer.no_decay_norm_bias=sometimes", r"optimizer.no_decay_norm_bias=sometimes: use true or false"),
+        ("param_groups.encoder_lr_mult=0", r"param_groups.encoder_lr_mult=0: give a positive factor"),
+        ("param_groups.no_decay_norm_bias=sometimes", r"param_groups.no_decay_norm_bias=sometimes: use true or false"),
     ],
 )
 def test_bad_settings_are_refused_with_the_key_and_the_fix(make_cfg, override: str, message: str):

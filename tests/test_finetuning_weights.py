@@ -209,7 +209,7 @@ def test_presets_compose_on_dinov2_and_train(preset, make_cfg):
     if preset == "linear_probe":
         assert cfg.model.freeze_encoder is True
     else:
-        assert cfg.optimizer.encoder_lr_mult == 0.1 and cfg.optimizer.lr < compose_cfg([]).optimizer.lr
+        assert cfg.param_groups.encoder_lr_mult == 0.1 and cfg.optimizer.lr < compose_cfg([]).optimizer.lr
     metrics = train(make_cfg(f"experiment={preset}", *TINY_DPT_OVERRIDES, "run_test=false"))
     assert 0.0 <= metrics["val/miou"] <= 1.0
 

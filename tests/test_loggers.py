@@ -14,13 +14,14 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from lightning.pytorch.loggers import CSVLogger, MLFlowLogger, WandbLogger
+from lightning.pytorch.loggers import CSVLogger, MLFlowLogger
 from omegaconf import OmegaConf
 
 from semseg.errors import ConfigError
 from semseg.trainer_defaults import refuse_spawned_ranks
 from semseg.training.loggers import build_logger, finish_logger, logger_configs
 from semseg.training.train import train
+from semseg.training.wandb_run import WandbRunLogger
 from tests.conftest import compose_cfg
 
 PICTURES = {"val_examples", "val_worst", "confusion_matrix", "per_class_iou", "training_curves"}
@@ -61,7 +62,7 @@ def picture_artifacts(where: str) -> set[str]:
 
 def test_logger_layouts_single_and_many():
     single = compose_cfg(["logger=wandb", "output_dir=/tmp/run"]).logger
-    assert single._target_.endswith("WandbLogger") and single.project == "semseg" and single.save_dir == "/tmp/run"
+    assert single._target_.endswith("WandbRunLogger") and single.project == "semseg" and single.save_dir == "/tmp/run"
     many = OmegaConf.to_container(compose_cfg(["logger=many", "output_dir=/tmp/run"]).logger, resolve=True)
     assert "_target_" not in many and set(many) == {"wandb", "csv"}
     assert many["wandb"]["offline"] == "auto" and many["csv"]["save_dir"] == "/tmp/run"
@@ -187,7 +188,7 @@ def test_mlflow_server_gets_metrics_params_and_pictures(make_cfg, mlflow_server:
 
 
 def test_mlflow_runs_end_finished_with_the_summary_or_failed(tmp_path: Path):
-    config = {"_target_": "lightning.pytorch.loggers.MLFlowLogger", "experiment_name": "semseg"}
+    config = {"_target_": "semseg.training.mlflow_run.MLflowRunLogger", "experiment_name": "semseg"}
     config["save_dir"] = str(tmp_path)
     done, failed, killed = (build_logger(config, IDENTITY) for _ in range(3))
     assert os.environ["MLFLOW_DISABLE_TELEMETRY"] == "true"  # before MLflow was imported
@@ -212,7 +213,7 @@ def test_wandb_among_many_loggers_still_gives_its_upload_command(monkeypatch, tm
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
     cfg = compose_cfg(["logger=many", f"output_dir={tmp_path}"])
     loggers = build_logger(cfg.logger, IDENTITY)
-    assert [type(each) for each in loggers] == [WandbLogger, CSVLogger]
+    assert [type(each) for each in loggers] == [WandbRunLogger, CSVLogger]
     loggers[0].experiment  # noqa: B018 (starts the offline run)
     command = finish_logger(loggers, summary={"val/miou_best": 0.5}, say_sync=False)
     assert command is not None and command.startswith(f"wandb sync {tmp_path / 'wandb'}/offline-run-")

@@ -1,19 +1,30 @@
-"""`data.root=<folder>` alone: one's own folder trains as data=folder would; nothing is generated
-into it, and no message advises deleting it."""
+"""`data.root=<folder>` alone: one's own folder trains with data=folder's recipe, composed by Hydra
+(the default data group), so the saved config is what trained; the embedded set is data=synthetic;
+nothing is ever generated into one's own folder."""
 
 from __future__ import annotations
 
-import logging
+import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+import torch
+import yaml
 from omegaconf import OmegaConf, open_dict
 
-from semseg.data.synthetic import MANIFEST, own_folder_groups, own_folder_or_synthetic
-from semseg.errors import DataError
+from semseg.data.synthetic import MANIFEST
+from semseg.errors import ConfigError, DataError
+from semseg.reporting.figures import prediction_grid_figure
+from semseg.reporting.leaderboard import find_runs
+from semseg.run_folder import checkpoint_epoch
 from semseg.training.train import train
-from tests.conftest import CHEAP, compose_cfg
+from tests.conftest import CHEAP, CONF_DIR, compose_cfg
+from tests.figures import assert_readable
+
+TRAIN = CONF_DIR.parent / "scripts" / "train.py"
 
 
 @pytest.fixture(scope="module")
@@ -24,59 +35,86 @@ def own_root(tiny_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def _data(*overrides: str) -> dict:
-    return OmegaConf.to_container(compose_cfg(list(overrides)).data, resolve=True)
+@pytest.fixture(scope="module")
+def own_run(own_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The README's own-data command, cheap: ``scripts/train.py data.root=<folder> data.num_classes=5``."""
+    run = tmp_path_factory.mktemp("own_run") / "run"
+    command = [sys.executable, str(TRAIN), *CHEAP, f"data.root={own_root}", "data.num_classes=5",
+               f"hydra.run.dir={run}"]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return run
 
 
-def test_data_root_alone_reads_ones_own_folder_as_data_folder_does(own_root: Path):
-    alone = own_folder_or_synthetic(_data(f"data.root={own_root}", "data.num_classes=5"))
-    folder = _data("data=folder", f"data.root={own_root}", "data.num_classes=5")
-    assert alone == folder
-    assert alone["synthetic"] is None and alone["class_names"] is None
-    assert sorted(path.name for path in own_root.iterdir()) == ["images", "masks"]  # nothing written
-    groups = ("loss", "optimizer")
-    synthetic = OmegaConf.to_container(compose_cfg([f"data.root={own_root}"]))
-    folder = OmegaConf.to_container(compose_cfg(["data=folder"]))
-    assert own_folder_groups(synthetic) == {g: folder[g] for g in groups}
-    assert all(synthetic[g] != folder[g] for g in groups)  # data=synthetic keeps its own loss and optimizer
-    chosen = ["loss=dice", "optimizer.weight_decay=0.01"]
-    synthetic = OmegaConf.to_container(compose_cfg([f"data.root={own_root}", *chosen]))
-    folder = OmegaConf.to_container(compose_cfg(["data=folder", *chosen]))
-    assert own_folder_groups(synthetic, chosen) == {g: folder[g] for g in groups}
+def _composed(*overrides: str) -> dict:
+    return OmegaConf.to_container(compose_cfg(list(overrides)))
 
 
-def test_own_class_names_and_augmentation_are_kept(own_root: Path):
-    chosen = [f"data.root={own_root}", "data.class_names=[road,car,sky,tree,sign]", "augment=rotations"]
-    data = own_folder_or_synthetic(_data(*chosen), chosen)
-    assert data["class_names"] == ["road", "car", "sky", "tree", "sign"]
-    assert data["augment"] == _data("augment=rotations")["augment"]
+def test_data_root_alone_composes_data_folder(own_root: Path):
+    given = [f"data.root={own_root}", "data.num_classes=5"]
+    assert _composed(*given) == _composed("data=folder", *given)
+    folder = _composed(*given)
+    assert folder["loss"]["class_weights"] == "auto" and folder["optimizer"]["lr"] == 1e-3  # data=folder's recipe
+    assert folder["data"]["class_names"] is None and folder["data"]["synthetic"] is None
+    synthetic = _composed("data=synthetic")
+    assert synthetic["loss"]["terms"] == {"ce": 1.0, "dice": 1.0} and synthetic["optimizer"]["lr"] == 3e-3
 
 
-def test_the_generated_set_stays_the_synthetic_default(tiny_root: Path):
-    data = _data(f"data.root={tiny_root}")
-    assert own_folder_or_synthetic(data) == data
+def test_the_saved_config_is_what_trained_and_the_report_reads_it(own_run: Path, own_root: Path):
+    saved = yaml.safe_load((own_run / ".hydra" / "config.yaml").read_text())
+    hparams = torch.load(own_run / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=True)[
+        "hyper_parameters"
+    ]
+    for key in ("loss", "optimizer", "param_groups", "scheduler", "inference"):
+        assert hparams[key] == saved[key], key
+    assert hparams["loss"]["class_weights"] == "auto" and len(hparams["class_weights"]) == 5  # counted from masks
+    assert hparams["data"] == saved["data"] | {"root": str(own_root.resolve())}
+    assert hparams["data"]["augment"] == [{"_target_": "albumentations.HorizontalFlip", "p": 0.5}]
+    assert hparams["class_names"] == [f"class_{i}" for i in range(5)]  # data.class_names: null
+    assert sorted(path.name for path in own_root.iterdir()) == ["images", "masks"]  # nothing written into it
+    (run,) = find_runs(own_run)
+    assert run.choices["loss"] == "wce" and run.choices["data"] == "folder"
+    fig, notes = prediction_grid_figure([run], num_images=2)
+    assert notes == [] and fig is not None
+    epoch = checkpoint_epoch(own_run / "checkpoints" / "best.ckpt")
+    assert_readable(fig, f"val, epoch {epoch}, best.ckpt", [f"class_{i}" for i in range(5)])
 
 
-def test_a_missing_root_with_ones_own_class_count_is_a_path_error_not_a_new_synthetic_set(tmp_path: Path):
-    missing = tmp_path / "raods"
-    with pytest.raises(DataError) as error:
-        own_folder_or_synthetic(_data(f"data.root={missing}", "data.num_classes=11"))
-    assert f"data.root={missing} does not exist" in str(error.value) and "check the path" in str(error.value)
-    assert "delete" not in str(error.value).lower()
-    assert not missing.exists()
+def test_hydras_replay_of_the_saved_config_trains_the_same_model(own_run: Path, tmp_path: Path):
+    replay = tmp_path / "replay"
+    command = [sys.executable, str(TRAIN), "--config-dir", str(own_run / ".hydra"), "--config-name", "config",
+               f"hydra.run.dir={replay}"]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    first, again = (json.loads((run / "metrics.json").read_text()) for run in (own_run, replay))
+    assert again["val/miou"] == pytest.approx(first["val/miou"], abs=1e-6)
+    assert (replay / ".hydra" / "config.yaml").read_text() == (own_run / ".hydra" / "config.yaml").read_text()
 
 
-def test_training_on_data_root_alone_names_classes_and_suggests_pretrained_weights(
-    own_root: Path, tmp_path: Path, caplog
-):
-    cfg = compose_cfg([*CHEAP, f"data.root={own_root}", "run_test=false"])
+def test_without_a_data_set_the_error_names_the_keys_and_the_embedded_set(tmp_path: Path):
+    cfg = compose_cfg(CHEAP)
     with open_dict(cfg):
         cfg.output_dir = str(tmp_path / "run")
-    with caplog.at_level(logging.INFO):
-        metrics = train(cfg)
-    assert "val/iou/class_4" in metrics and "val/iou/speck" not in metrics
-    assert cfg.loss.class_weights == "auto" and cfg.optimizer.lr == 1e-3  # data=folder's recipe
-    assert "is not a generated data set" in caplog.text
-    assert caplog.text.count("model.encoder_weights=imagenet") == 1
-    assert "delete" not in caplog.text.lower()
-    assert not (own_root / MANIFEST).exists()
+    with pytest.raises(ConfigError, match=r"data.root and data.num_classes are not set.*data=synthetic"):
+        train(cfg)
+    assert not (tmp_path / "run").exists()
+
+
+def test_data_synthetic_never_writes_into_ones_own_folder(own_root: Path, tmp_path: Path):
+    cfg = compose_cfg([*CHEAP, "data=synthetic", f"data.root={own_root}"])
+    with open_dict(cfg):
+        cfg.output_dir = str(tmp_path / "run")
+    with pytest.raises(DataError, match=r"not the generated data set.*with data=folder \(the default\)") as error:
+        train(cfg)
+    assert "delete" not in str(error.value).lower()
+    assert sorted(path.name for path in own_root.iterdir()) == ["images", "masks"]
+
+
+def test_data_synthetic_with_another_class_count_is_refused_before_generating(tmp_path: Path):
+    missing = tmp_path / "raods"
+    cfg = compose_cfg([*CHEAP, "data=synthetic", f"data.root={missing}", "data.num_classes=11"])
+    with open_dict(cfg):
+        cfg.output_dir = str(tmp_path / "run")
+    with pytest.raises(DataError, match=r"data=synthetic generates 5 classes.*data.num_classes=11"):
+        train(cfg)
+    assert not missing.exists()

@@ -111,7 +111,7 @@ def test_the_prediction_grid_names_the_classes_and_each_runs_checkpoint(trained_
                                                                          tmp_path: Path):  # fmt: skip
     run = tmp_path / "run"
     (run / ".hydra").mkdir(parents=True)
-    OmegaConf.save(compose_cfg([f"data.root={tiny_root}"]), run / ".hydra" / "config.yaml")
+    OmegaConf.save(compose_cfg(["data=synthetic", f"data.root={tiny_root}"]), run / ".hydra" / "config.yaml")
     (run / "metrics.json").write_text((trained_run / "metrics.json").read_text())
     (run / "checkpoints").symlink_to(trained_run / "checkpoints")
     fig, notes = prediction_grid_figure(find_runs(run), num_images=2)

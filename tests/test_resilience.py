@@ -13,15 +13,15 @@ from pathlib import Path
 import torch
 
 from semseg.training.train import train
-from tests.conftest import CHEAP
+from tests.conftest import CHEAP, tiny_data
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_sigterm_saves_a_checkpoint_exits_cleanly_and_the_rerun_continues(tiny_root: Path, tmp_path: Path):
     run = tmp_path / "run"
-    command = [sys.executable, str(ROOT / "scripts" / "train.py"), *CHEAP, f"data.root={tiny_root}",
-               "data.synthetic=null", "trainer.max_epochs=6", "run_test=false", f"hydra.run.dir={run}"]  # fmt: skip
+    command = [sys.executable, str(ROOT / "scripts" / "train.py"), *CHEAP, *tiny_data(tiny_root),
+               "trainer.max_epochs=6", "run_test=false", f"hydra.run.dir={run}"]  # fmt: skip
     env = os.environ | {"HYDRA_FULL_ERROR": "0"}
     first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     last = run / "checkpoints" / "last.ckpt"
@@ -51,8 +51,8 @@ def test_a_run_killed_mid_epoch_resumes_from_last_ckpt_to_the_uninterrupted_resu
     uninterrupted = train(make_cfg(*settings, "data.synthetic=null"))
 
     run = Path(make_cfg().output_dir).parent / "killed"
-    command = [sys.executable, str(ROOT / "scripts" / "train.py"), *CHEAP, *settings, f"data.root={tiny_root}",
-               "data.synthetic=null", f"hydra.run.dir={run}"]  # fmt: skip
+    command = [sys.executable, str(ROOT / "scripts" / "train.py"), *CHEAP, *settings, *tiny_data(tiny_root),
+               f"hydra.run.dir={run}"]  # fmt: skip
     env = os.environ | {"HYDRA_FULL_ERROR": "0", "PYTHONPATH": str(ROOT)}
     kill = [
         "+callbacks.sigkill._target_=tests.crash.SigkillAt",
@@ -87,7 +87,7 @@ def test_a_failing_rank_0_does_not_leave_the_other_ranks_waiting(tiny_root: Path
     # Rank 1 is a process re-running the script with hydra.run.dir=<run>: it names the folder.
     run = tmp_path / "run"
     command = [sys.executable, str(ROOT / "scripts" / "train.py"), *CHEAP, "trainer=ddp_cpu", "data.batch_size=2",
-               f"data.root={tiny_root}", "data.synthetic=null", f"hydra.run.dir={run}",
+               *tiny_data(tiny_root), f"hydra.run.dir={run}",
                "+callbacks.fail._target_=tests.crash.RaiseOnRank", "+callbacks.fail.rank=0"]  # fmt: skip
     env = os.environ | {"HYDRA_FULL_ERROR": "0", "PYTHONPATH": str(ROOT)}
     try:

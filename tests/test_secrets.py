@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 
 from semseg.hydra_callbacks import RefuseSecrets
 from semseg.secrets import find_secrets
-from tests.conftest import CHEAP, compose_cfg
+from tests.conftest import CHEAP, compose_cfg, tiny_data
 
 ROOT = Path(__file__).resolve().parents[1]
 FAKE_KEY = "0123456789abcdef0123456789abcdef01234567"  # the shape of a W&B API key
@@ -45,8 +45,8 @@ def test_a_credential_stops_the_run_before_hydra_saves_the_config(capsys):
 def test_the_wandb_key_appears_in_no_file_of_a_run(tiny_root: Path, tmp_path: Path):
     run = tmp_path / "run"
     result = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "train.py"), *CHEAP, "logger=wandb", f"data.root={tiny_root}",
-         "data.synthetic=null", "run_test=false", f"hydra.run.dir={run}"],
+        [sys.executable, str(ROOT / "scripts" / "train.py"), *CHEAP, "logger=wandb", *tiny_data(tiny_root),
+         "run_test=false", f"hydra.run.dir={run}"],
         capture_output=True, text=True, timeout=300,
         env=os.environ | {"WANDB_API_KEY": FAKE_KEY, "WANDB_MODE": "offline", "WANDB_DIR": str(tmp_path)},
     )  # fmt: skip

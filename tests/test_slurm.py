@@ -23,7 +23,7 @@ import pytest
 from lightning.fabric.plugins.environments import SLURMEnvironment
 
 from semseg.trainer_defaults import slurm_plugins
-from tests.conftest import CHEAP
+from tests.conftest import CHEAP, tiny_data
 
 ROOT = Path(__file__).resolve().parents[1]
 # Where Debian puts the daemons; a non-root PATH often lacks the sbin folders.
@@ -151,8 +151,8 @@ def slurm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
 def _sweep_command(sweep: Path, tiny_root: Path, *overrides: str) -> list[str]:
     """``scripts/train.py -m hydra/launcher=slurm_cpu`` on the tiny data set, sized for this host."""
     return [sys.executable, str(ROOT / "scripts" / "train.py"), "-m", "hydra/launcher=slurm_cpu",
-            "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=1", *CHEAP, f"data.root={tiny_root}",
-            "data.synthetic=null", "run_test=false", f"hydra.sweep.dir={sweep}", *overrides]  # fmt: skip
+            "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=1", *CHEAP, *tiny_data(tiny_root),
+            "run_test=false", f"hydra.sweep.dir={sweep}", *overrides]  # fmt: skip
 
 
 def _jobs(env: dict[str, str]) -> list[str]:

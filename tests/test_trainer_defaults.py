@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 import torch
+from lightning.pytorch.strategies import DDPStrategy
 
 from semseg.errors import ConfigError
-from semseg.trainer_defaults import trainer_kwargs
+from semseg.trainer_defaults import refuse_spawned_ranks, trainer_kwargs
 from semseg.training.train import train
 from tests.conftest import compose_cfg
 
@@ -32,9 +34,12 @@ def test_the_cpu_trains_in_fp32_without_autotuning(monkeypatch: pytest.MonkeyPat
 
 
 def test_a_gpu_gets_bf16_tf32_and_autotuning_for_fixed_size_batches(fake_gpu):
-    cfg = compose_cfg(["data.crop_size=[32,32]"])
+    # trainer=gpu's precision; accelerator auto, as the fake GPU is found by torch.cuda.is_available only.
+    cfg = compose_cfg(["trainer=gpu", "trainer.accelerator=auto", "data.crop_size=[32,32]"])
     kwargs = trainer_kwargs(cfg.trainer, cfg.data)
     assert kwargs["precision"] == "bf16-mixed" and kwargs["benchmark"] is True
+    # The precision is the config's, as written: trainer=default keeps Lightning's fp32 on a GPU too.
+    assert trainer_kwargs(compose_cfg([]).trainer)["precision"] == "32-true"
     assert torch.get_float32_matmul_precision() == "high"
     # Batches of varying size would make cuDNN re-tune at each new shape.
     assert trainer_kwargs(cfg.trainer, compose_cfg(["data.crop_size=null"]).data)["benchmark"] is None
@@ -71,6 +76,20 @@ def test_more_gpus_than_visible_is_a_config_error(fake_gpu, monkeypatch: pytest.
         trainer_kwargs(compose_cfg(["trainer=ddp", f"trainer.devices={devices}"]).trainer)
     for fits in ("-1", "2", "[1]", "auto"):
         trainer_kwargs(compose_cfg(["trainer=ddp", f"trainer.devices={fits}"]).trainer)
+
+
+@pytest.mark.parametrize("preset", ["ddp", "ddp_cpu"])
+def test_ddp_presets_give_their_ranks_the_timeout_the_docs_say(preset: str):
+    cfg = compose_cfg([f"trainer={preset}", "trainer.accelerator=cpu"])  # trainer=ddp's GPUs need not be here
+    minutes = cfg.trainer.strategy.timeout.minutes
+    strategy = trainer_kwargs(cfg.trainer)["strategy"]
+    assert type(strategy) is DDPStrategy and strategy._timeout == timedelta(minutes=minutes)  # not Lightning's 30
+    robustness = (Path(__file__).parents[1] / "docs" / "robustness.md").read_text()
+    assert f"{minutes} minutes (`trainer.strategy.timeout`" in " ".join(robustness.split())
+    refuse_spawned_ranks(cfg.trainer)  # its ranks are started once
+    spawned = compose_cfg([f"trainer={preset}", "+trainer.strategy.start_method=spawn"])
+    with pytest.raises(ConfigError, match=r"^trainer\.strategy\.start_method=spawn restarts the ranks"):
+        refuse_spawned_ranks(spawned.trainer)
 
 
 def test_train_stops_before_writing_anything_when_the_gpu_is_absent(make_cfg, monkeypatch: pytest.MonkeyPatch):

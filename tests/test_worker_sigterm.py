@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from tests.conftest import CHEAP
+from tests.conftest import CHEAP, tiny_data
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -46,7 +46,7 @@ def test_sigterm_to_the_whole_process_group_stops_training_cleanly(tiny_root: Pa
     run = tmp_path / "run"
     cheap = [o for o in CHEAP if o != "data.num_workers=0"]
     command = [sys.executable, str(ROOT / "scripts" / "train.py"), *cheap, "data.num_workers=2", "data.batch_size=2",
-               f"data.root={tiny_root}", "data.synthetic=null", "trainer.max_epochs=50", "run_test=false",
+               *tiny_data(tiny_root), "trainer.max_epochs=50", "run_test=false",
                f"hydra.run.dir={run}"]  # fmt: skip
     env = os.environ | {"HYDRA_FULL_ERROR": "0"}
     # Its own session: the process group holds the run and its workers only, as a SLURM job step.

@@ -57,6 +57,7 @@ def build_module(
         model=_model_config(container["model"]),
         loss=container["loss"],
         optimizer=container["optimizer"],
+        param_groups=container.get("param_groups"),
         scheduler=container["scheduler"],
         num_classes=data.num_classes,
         class_names=resolve_class_names(

@@ -1,8 +1,5 @@
 """The Trainer's arguments from ``cfg.trainer``, with the defaults a GPU user should get unasked.
 
-- ``precision: auto``: ``bf16-mixed`` on a CUDA GPU that supports bfloat16 (Ampere and newer), else
-  ``32-true``. bf16 keeps fp32's range, so no loss scaling is needed, and runs the convolutions
-  and matmuls on the tensor cores.
 - ``benchmark: null``: cuDNN's autotuner on when every batch has one size (``data.crop_size`` or
   ``data.image_size`` set); with varying sizes it would re-tune at every new shape.
 - fp32 matmuls may use TF32 (``torch.set_float32_matmul_precision("high")``) on a GPU.
@@ -11,7 +8,7 @@
 - Training refuses ``ddp_spawn`` and the other strategies that start their ranks anew for each
   stage (``refuse_spawned_ranks``): rank 0's state would not survive fit.
 
-Lightning has none of these as defaults (32-true, benchmark off, "highest", its own requeueing),
+Lightning has none of these as defaults (benchmark off, "highest", its own requeueing),
 hence this module.
 """
 
@@ -38,17 +35,18 @@ def uses_cuda(trainer: Mapping) -> bool:
 
 
 def trainer_kwargs(trainer: DictConfig | Mapping, data: DictConfig | Mapping | None = None) -> dict:
-    """``cfg.trainer`` as keyword arguments of ``lightning.Trainer``, ``auto``/``null`` resolved."""
+    """``cfg.trainer`` as keyword arguments of ``lightning.Trainer``, ``benchmark: null`` resolved."""
     kwargs = OmegaConf.to_container(trainer, resolve=True) if isinstance(trainer, DictConfig) else dict(trainer)
     # conf/trainer/default.yaml lists every Trainer argument; null ones take Lightning's default.
     kwargs = {k: v for k, v in kwargs.items() if v is not None or k in SEMSEG_RESOLVED}
     _check_arguments(kwargs)
-    if isinstance(kwargs.get("profiler"), Mapping):  # a profiler's _target_ entry (debug=profiler)
-        kwargs["profiler"] = instantiate(kwargs["profiler"])
+    # A _target_ entry, built with the entries inside it: debug=profiler's profiler, trainer=ddp's
+    # DDPStrategy and its timeout.
+    for key in ("profiler", "strategy"):
+        if isinstance(kwargs.get(key), Mapping):
+            kwargs[key] = instantiate(kwargs[key])
     check_gpus_exist(kwargs)
     cuda = uses_cuda(kwargs)
-    if kwargs.get("precision", "auto") == "auto":
-        kwargs["precision"] = "bf16-mixed" if cuda and torch.cuda.is_bf16_supported() else "32-true"
     fixed_size = data is not None and (data.get("crop_size") or data.get("image_size"))
     if kwargs.get("benchmark") is None and cuda and fixed_size and not kwargs.get("deterministic"):
         kwargs["benchmark"] = True
@@ -102,20 +100,27 @@ def refuse_spawned_ranks(trainer: Mapping) -> None:
     lost with its process. Lightning's CSV logger, which no longer knows the columns it wrote,
     fails at the first validation after fit ("dict contains fields not in fieldnames"), and the
     run's own records come out wrong (0 epochs, no epoch lines in train.log, empty training curves).
-    ``ddp`` keeps rank 0 in this process and has none of that.
+    ``ddp`` keeps rank 0 in this process and has none of that. The strategy is a name
+    (``trainer.strategy=ddp_spawn``) or a ``_target_`` entry (``trainer=ddp``'s ``DDPStrategy``, whose
+    ``start_method`` is checked the same way; another class is the user's own).
     """
-    strategy = trainer.get("strategy", "auto")
-    if not isinstance(strategy, str):  # a strategy's _target_ entry: the user's own
-        return
-    from lightning.pytorch.strategies import StrategyRegistry
+    from lightning.pytorch.strategies import DDPStrategy, StrategyRegistry
 
-    if strategy not in StrategyRegistry:  # auto, or a name Lightning's own error will name
+    strategy = trainer.get("strategy", "auto")
+    if isinstance(strategy, Mapping):
+        if str(strategy.get("_target_", "")).rsplit(".", 1)[-1] != DDPStrategy.__name__:
+            return
+        start_method = strategy.get("start_method", "popen")
+        setting = f"trainer.strategy.start_method={start_method}"
+    elif isinstance(strategy, str) and strategy in StrategyRegistry:  # else auto, or a name Lightning names
+        # The entry, not StrategyRegistry.get(), which builds the strategy.
+        start_method = StrategyRegistry[strategy]["init_params"].get("start_method", "popen")
+        setting = f"trainer.strategy={strategy}"
+    else:
         return
-    # The entry, not StrategyRegistry.get(), which builds the strategy.
-    start_method = StrategyRegistry[strategy]["init_params"].get("start_method", "popen")
     if start_method != "popen":
         raise ConfigError(
-            f"trainer.strategy={strategy} restarts the ranks for each of fit, validate and test, losing rank 0's "
+            f"{setting} restarts the ranks for each of fit, validate and test, losing rank 0's "
             "state (loggers, epochs, pictures): use trainer.strategy=ddp (trainer=ddp_cpu on the CPU, trainer=ddp "
             "on GPUs)."
         )

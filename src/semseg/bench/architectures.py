@@ -1,7 +1,7 @@
 """Each architecture's forward+backward speed and peak memory at one input size, across
 precision, memory format and torch.compile; and its share of the GPU's bf16 peak (MFU). Also the
-README's model table (``scripts/model_table.py``): parameters, GFLOPs and CPU forward latency of
-each model config."""
+model table of docs/models.md (``scripts/model_table.py``): parameters, GFLOPs and CPU forward
+latency of each model config."""
 
 from __future__ import annotations
 

@@ -47,10 +47,11 @@ class CheckpointOnSigterm(L.Callback):
 class StopRanksOnError(L.Callback):
     """When the process that started the DDP ranks fails, kills the ranks it started.
 
-    They would otherwise wait in their next collective until the process group's timeout (30 min
-    with gloo, 10 with NCCL), holding their GPUs. Lightning already covers the other way round (a
-    failed rank >0 stops every process: its child-process observer) and Ctrl-C, not an error in
-    rank 0. Not on SIGTERM: Lightning forwards that to the ranks, which save and stop themselves.
+    They would otherwise wait in their next collective until the process group's timeout
+    (``trainer.strategy.timeout``, conf/trainer/ddp.yaml), holding their GPUs. Lightning already
+    covers the other way round (a failed rank >0 stops every process: its child-process observer)
+    and Ctrl-C, not an error in rank 0. Not on SIGTERM: Lightning forwards that to the ranks, which
+    save and stop themselves.
     """
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
@@ -64,14 +65,14 @@ class VerifiedCheckpoint(ModelCheckpoint):
     until the new one is saved and loads back (``semseg.run_folder.checkpoint_problem``); when it
     does not, the previous one stays and ``resume: auto`` takes it.
 
-    Lightning's own save is already atomic for local files (written to a temporary file, then moved
-    into place by an fsspec transaction; training's ``CheckpointBeside`` keeps that move a rename on
-    the run folder's file system), so a crash while saving leaves the old file whole. What this
-    guards against is damage that comes without an error: a network or FUSE file system, a sync
-    tool or a full quota that leaves the renamed file short. The check reads the zip's directory and
-    the pickled structure, not all the weights, so it costs milliseconds. The hard link keeps the old
-    file because the new one arrives by rename, as a new file; a save that copied over last.ckpt in
-    place would cut the linked one short too.
+    Training's checkpoint writer already replaces a local file whole or not at all
+    (``semseg.training.checkpoints.CheckpointBeside``: written beside it, synced, renamed into
+    place), so a crash while saving leaves the old file whole. What this guards against is damage
+    that comes without an error: a network or FUSE file system, a sync tool or a full quota that
+    leaves the renamed file short. The check reads the zip's directory and the pickled structure,
+    not all the weights, so it costs milliseconds. The hard link keeps the old file because the new
+    one arrives by rename, as a new file; a save that copied over last.ckpt in place would cut the
+    linked one short too.
 
     Only global rank 0 touches the files, as Lightning's own saving does; the other ranks need not
     wait for it, since no rank reads these files during training (``trainer.save_checkpoint``

@@ -90,7 +90,7 @@ def default_num_workers(model_on_cpu: bool = False, cached: bool = False) -> int
 
     Then a sample costs a copy and its augmentations (well under a millisecond at 192x256), and
     worker processes would only contend with the model's threads for the same cores: on 2 cores
-    the loop without workers trained ~8% faster than with 2 (benchmark, README's Speed section).
+    the loop without workers trained ~8% faster than with 2 (benchmark; docs/speed.md).
     """
     return 0 if model_on_cpu and cached else data_parallelism()
 

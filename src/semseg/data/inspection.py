@@ -26,7 +26,7 @@ from semseg.data.mask_encoding import INVALID_CODE, MaskEncoder, resolve_class_n
 from semseg.data.mask_stats import MaskSummary, summarize_masks
 from semseg.data.multilabel_masks import BACKGROUND, MULTICLASS, MULTILABEL, check_mode, inspect_multilabel
 from semseg.data.pairing import SPLITS
-from semseg.data.synthetic import SyntheticSpec, generate, own_folder_or_synthetic
+from semseg.data.synthetic import generate_configured
 from semseg.errors import DataError, Problem, problems_message
 
 log = logging.getLogger(__name__)
@@ -447,10 +447,8 @@ def _class_warnings(splits: Mapping[str, SplitReport], names: Sequence[str]) -> 
 
 def inspect_data(data: Mapping, full: bool = False) -> DataReport:
     """``inspect_folder`` for a ``data`` config group; generates the synthetic set first if configured
-    (and ``data.root`` is not one's own folder: ``own_folder_or_synthetic``)."""
-    data = own_folder_or_synthetic(data)
-    if data.get("synthetic"):
-        generate(data["root"], SyntheticSpec(**data["synthetic"]))
+    (``generate_configured``)."""
+    generate_configured(data)
     mode = check_mode(data.get("mode") or MULTICLASS, data["num_classes"])
     num_classes, class_names = data["num_classes"], data.get("class_names")
     if mode != MULTICLASS:

@@ -17,7 +17,7 @@ import json
 import logging
 import os
 import shutil
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -25,8 +25,8 @@ import cv2
 import numpy as np
 from omegaconf import OmegaConf
 
-from semseg.data.transforms import CONF_DIR, augment_preset
-from semseg.errors import DataError
+from semseg.data.transforms import CONF_DIR
+from semseg.errors import ConfigError, DataError
 from semseg.files import lock_making, staging_path
 
 log = logging.getLogger(__name__)
@@ -132,73 +132,40 @@ def generate(root: str | os.PathLike, spec: SyntheticSpec) -> Path:
 Render = Callable[[np.random.Generator], tuple[np.ndarray, np.ndarray]]
 
 
-# What data=folder gets that data=synthetic does not (tests/test_own_folder.py holds them equal to
-# the composed configs): the augment preset (conf/train.yaml's default; data=synthetic chooses
-# rotations), and the loss and optimizer that conf/data/folder.yaml chooses (data=synthetic keeps
-# CE + Dice and AdamW 3e-3).
-FOLDER_AUGMENT = "hflip"
-FOLDER_GROUPS = {"loss": "wce", "optimizer": "adamw_lr1e-3"}
+def require_data_named(data: Mapping, command: str = "python scripts/train.py") -> None:
+    """Raises ``ConfigError`` when the ``data`` config names no data set: ``data=folder`` (the
+    default) leaves ``data.root`` and ``data.num_classes`` to the user (``???``), and Hydra's own
+    error for them ("Missing mandatory value") says neither what they are nor that the embedded
+    synthetic set is ``data=synthetic``."""
+    missing = [f"data.{key}" for key in ("root", "num_classes") if OmegaConf.is_missing(data, key)]
+    if missing:
+        example = f"`{command} data.root=/data/roads data.num_classes=11`"
+        raise ConfigError(
+            f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} not set: name your data set, e.g. "
+            f"{example} (images/{{train,val}} and masks/{{train,val}} inside; docs/data.md), or use the embedded "
+            f"synthetic set: `{command} data=synthetic` (what `make train` runs)."
+        )
 
 
-def own_folder_or_synthetic(data: Mapping, overrides: Sequence[str] = ()) -> dict:
-    """The ``data`` config as a run reads it: with generator settings (``data.synthetic``, the
-    default ``data=synthetic``), a ``data.root`` that exists without the generator's manifest is
-    the user's own data set, read exactly as ``data=folder`` would: nothing is generated, and the
-    synthetic set's class names and augmentation (rotations, right for shapes, not for photographs)
-    do not apply: ``class_0``.. and ``hflip`` unless ``overrides`` (the command line's) name them.
-    So ``data.root=/my/folder`` alone trains on one's own folder (its loss and optimizer: ``own_folder_groups``).
+def generate_configured(data: Mapping) -> None:
+    """Generates the synthetic set of a ``data`` config with generator settings (``data=synthetic``)
+    into ``data.root`` when it is missing; a config without them (``data=folder``, one's own data)
+    is left alone.
 
     Raises:
-        DataError: ``data.root`` does not exist and ``data.num_classes`` is not the synthetic set's
-            (generating there would hide a mistyped path of one's own data set).
+        DataError: ``data.num_classes`` or ``data.class_names`` are not the generated set's, or
+            ``data.root`` holds something else (``write_dataset``).
     """
-    data = dict(data)
     if not data.get("synthetic"):
-        return data
-    root = Path(data["root"])
-    if root.exists() and not (root / MANIFEST).exists():
-        log.info(
-            f"{root} is not a generated data set (no {MANIFEST}): training on it as your own image-mask folder, "
-            "as data=folder would"
-        )
-        data["synthetic"] = None
-        if list(data.get("class_names") or []) == list(CLASS_NAMES):
-            data["class_names"] = None
-        if not any(o.lstrip("+~").startswith(("augment=", "data.augment=")) for o in overrides):
-            data["augment"] = augment_preset(FOLDER_AUGMENT)
-    elif not root.exists() and data["num_classes"] != len(CLASS_NAMES):
+        return
+    names = data.get("class_names")
+    if data["num_classes"] != len(CLASS_NAMES) or (names is not None and tuple(names) != CLASS_NAMES):
         raise DataError(
-            f"data.root={root} does not exist. The default data=synthetic generates its {len(CLASS_NAMES)}-class set "
-            f"into a missing folder, but data.num_classes={data['num_classes']}: check the path of your data set "
-            "(it must hold images/{train,val} and masks/{train,val})."
+            f"data=synthetic generates {len(CLASS_NAMES)} classes {list(CLASS_NAMES)}, but data.num_classes="
+            f"{data['num_classes']} and data.class_names={names}: to train on your own data set, leave "
+            "data=synthetic out (the default data=folder reads data.root as your image-mask folder)."
         )
-    return data
-
-
-def own_folder_groups(cfg: Mapping, overrides: Sequence[str] = ()) -> dict:
-    """The ``loss`` and ``optimizer`` configs of a run that ``own_folder_or_synthetic`` turned from
-    the synthetic default to one's own folder: data=folder's (``FOLDER_GROUPS``), with the command
-    line's ``overrides`` of their keys (``loss.class_weights=null``) applied; a group chosen on the
-    command line (``loss=dice``) stays as composed.
-
-    Args:
-        cfg: the run's config (the ``loss`` and ``optimizer`` entries are read).
-        overrides: the command line's overrides.
-    """
-    chosen = {}
-    for group, option in FOLDER_GROUPS.items():
-        if any(o.lstrip("+~").startswith(f"{group}=") for o in overrides):
-            chosen[group] = dict(cfg[group])
-            continue
-        # A defaults list inside the option (adamw_lr1e-3 extends adamw) is resolved by hand here:
-        # Hydra composes whole configs only.
-        config = OmegaConf.load(CONF_DIR / group / f"{option}.yaml")
-        for parent in [d for d in config.pop("defaults", []) if isinstance(d, str) and d != "_self_"]:
-            config = OmegaConf.merge(OmegaConf.load(CONF_DIR / group / f"{parent}.yaml"), config)
-        keys = [o.lstrip("+") for o in overrides if o.lstrip("+").startswith(f"{group}.")]
-        config = OmegaConf.merge(config, OmegaConf.from_dotlist(keys).get(group, {}))
-        chosen[group] = OmegaConf.to_container(config)
-    return chosen
+    generate(data["root"], SyntheticSpec(**data["synthetic"]))
 
 
 def write_dataset(root: Path, splits: dict[str, int], render: Render, seed: int, manifest: str, spec: dict) -> Path:
@@ -264,5 +231,6 @@ def _holds_set(root: Path, manifest: str, spec: dict) -> bool:
         what = f"no generated data set (no {manifest}): it may be yours, and nothing is written to it"
     raise DataError(
         f"{root} exists but is not the generated data set for {spec}: it holds {what}. "
-        "Point data.root at a new folder to generate there."
+        "Point data.root at a new folder to generate there, or read the folder as your own image-mask folder "
+        "with data=folder (the default) instead of data=synthetic."
     )

@@ -33,7 +33,7 @@ from semseg.task.metrics import (
     scores_from_confusion,
     scores_from_presence,
 )
-from semseg.task.param_groups import FineTuning, logged_learning_rates, optimizer_arguments, parameter_groups
+from semseg.task.param_groups import FineTuning, legacy_grouping, logged_learning_rates, parameter_groups
 from semseg.task.schedulers import build_scheduler
 
 EVAL_STAGES = ("val", "test")
@@ -51,6 +51,8 @@ class SegmentationModule(L.LightningModule):
         model: the ``model`` config group (see ``semseg.models.build_model``).
         loss: the ``loss`` config group (see ``semseg.task.losses.build_loss``).
         optimizer: the ``optimizer`` config group (a ``_target_`` optimizer class and its kwargs).
+        param_groups: the ``param_groups`` config (``semseg.task.param_groups``); None in checkpoints
+            of runs from before it, whose ``optimizer`` config held its keys.
         scheduler: the ``scheduler`` config group (see ``semseg.task.schedulers.build_scheduler``).
         num_classes: number of classes.
         class_names: one name per class, used in metric names.
@@ -92,6 +94,7 @@ class SegmentationModule(L.LightningModule):
         data: Mapping | None = None,
         mode: str = MULTICLASS,
         threshold: float = 0.5,
+        param_groups: Mapping | None = None,
     ):
         super().__init__()
         check_mode(mode, num_classes)
@@ -148,9 +151,17 @@ class SegmentationModule(L.LightningModule):
         """The network's encoder (smp's architectures and semseg's FCN call it ``encoder``), or None."""
         return getattr(self.net.architecture, "encoder", None)
 
+    def _optimizer_and_grouping(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The optimizer's own arguments and the ``param_groups`` config (from the optimizer config
+        in checkpoints of runs from before it: ``legacy_grouping``)."""
+        arguments, legacy = legacy_grouping(self.hparams.optimizer)
+        grouping = self.hparams.get("param_groups")
+        return arguments, dict(legacy if grouping is None else grouping)
+
     def _fine_tuning(self) -> FineTuning:
-        """The checked ``model.freeze_encoder``, ``optimizer.encoder_lr_mult`` and ``no_decay_norm_bias``."""
-        return FineTuning.from_config(self.hparams.model, self.hparams.optimizer, self._encoder() is not None)
+        """The checked ``model.freeze_encoder``, ``param_groups.encoder_lr_mult`` and ``no_decay_norm_bias``."""
+        grouping = self._optimizer_and_grouping()[1]
+        return FineTuning.from_config(self.hparams.model, grouping, self._encoder() is not None)
 
     def train(self, mode: bool = True) -> SegmentationModule:
         """As ``nn.Module.train``, but a frozen encoder (no parameter of it trains) stays in eval mode,
@@ -314,14 +325,18 @@ class SegmentationModule(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """A run resumes with the parameter groups it was saved with, or its optimizer state would not
-        load: runs from before ``optimizer.no_decay_norm_bias`` decayed every parameter, in one group."""
-        saved = checkpoint.get("hyper_parameters", {}).get("optimizer")
-        if saved is not None and "no_decay_norm_bias" not in saved and self.hparams.optimizer.get("no_decay_norm_bias"):
-            self.hparams["optimizer"] = {**self.hparams.optimizer, "no_decay_norm_bias": False}
+        load: runs from before ``param_groups.no_decay_norm_bias`` decayed every parameter, in one group."""
+        saved = checkpoint.get("hyper_parameters", {})
+        if "optimizer" not in saved:
+            return
+        saved_grouping = saved.get("param_groups") or legacy_grouping(saved["optimizer"])[1]
+        grouping = self._optimizer_and_grouping()[1]
+        if "no_decay_norm_bias" not in saved_grouping and grouping.get("no_decay_norm_bias"):
+            self.hparams["param_groups"] = {**grouping, "no_decay_norm_bias": False}
             if rank_zero_only.rank == 0:
                 log.info(
-                    "the checkpoint's run predates optimizer.no_decay_norm_bias: it goes on with weight decay on "
-                    "every parameter, as its saved optimizer state has it"
+                    "the checkpoint's run predates param_groups.no_decay_norm_bias: it goes on with weight decay "
+                    "on every parameter, as its saved optimizer state has it"
                 )
 
     def configure_optimizers(self) -> dict[str, Any]:
@@ -349,8 +364,9 @@ class SegmentationModule(L.LightningModule):
         """The configured optimizer over the module's parameter groups (the encoder's rate or freezing,
         no decay on norm layers and biases: ``semseg.task.param_groups``), and its per-step schedule
         over ``total_steps``, which scales every group's own rate alike."""
-        groups = parameter_groups(self, self._encoder(), self._fine_tuning(), self.hparams.optimizer.get("lr"))
+        arguments = self._optimizer_and_grouping()[0]
+        groups = parameter_groups(self, self._encoder(), self._fine_tuning(), arguments.get("lr"))
         # _convert_="partial": the groups reach the optimizer as plain dicts and lists (torch's
         # optimizers take no DictConfig), holding the module's own parameters.
-        optimizer = instantiate(optimizer_arguments(self.hparams.optimizer), params=groups, _convert_="partial")
+        optimizer = instantiate(arguments, params=groups, _convert_="partial")
         return optimizer, build_scheduler(optimizer, self.hparams.scheduler, total_steps)

@@ -2,8 +2,8 @@
 layers and biases, as the optimizer's parameter groups.
 
 Pure functions of the module and of the keys semseg reads itself: ``model.freeze_encoder``,
-``optimizer.encoder_lr_mult`` and ``optimizer.no_decay_norm_bias``. The optimizer stays Hydra's to
-build from the rest of the ``optimizer`` config (``optimizer_arguments``).
+``param_groups.encoder_lr_mult`` and ``param_groups.no_decay_norm_bias``. The optimizer stays
+Hydra's to build from the ``optimizer`` config, which holds the optimizer class's arguments only.
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ from torch import nn
 
 from semseg.errors import ConfigError
 
-# Keys of the optimizer config that semseg reads: not arguments of the optimizer class.
+# The keys of the param_groups config. Checkpoints of runs from before it hold them in the optimizer
+# config (``legacy_grouping``).
 GROUPING_KEYS = ("encoder_lr_mult", "no_decay_norm_bias")
 
 # Layers whose parameters scale and shift normalised activations: decaying them towards 0 shrinks
@@ -56,16 +57,16 @@ class FineTuning:
     no_decay_norm_bias: bool = False
 
     @classmethod
-    def from_config(cls, model: Mapping, optimizer: Mapping, has_encoder: bool = True) -> FineTuning:
-        """The settings of the ``model`` and ``optimizer`` configs.
+    def from_config(cls, model: Mapping, param_groups: Mapping, has_encoder: bool = True) -> FineTuning:
+        """The settings of the ``model`` and ``param_groups`` configs.
 
         Raises:
             ConfigError: a value out of range, or the encoder's settings for a network without one.
         """
         settings = cls(
             _freeze_encoder(model.get("freeze_encoder", False)),
-            _encoder_lr_mult(optimizer.get("encoder_lr_mult", 1.0)),
-            _no_decay_norm_bias(optimizer.get("no_decay_norm_bias", False)),
+            _encoder_lr_mult(param_groups.get("encoder_lr_mult", 1.0)),
+            _no_decay_norm_bias(param_groups.get("no_decay_norm_bias", False)),
         )
         if not has_encoder and settings.freeze_encoder is not False:
             frozen = str(settings.freeze_encoder).lower()
@@ -75,8 +76,8 @@ class FineTuning:
             )
         if not has_encoder and settings.encoder_lr_mult != 1.0:
             raise ConfigError(
-                f"optimizer.encoder_lr_mult={settings.encoder_lr_mult:g}: model.arch={model.get('arch')} has no "
-                "encoder to give a rate of its own; leave optimizer.encoder_lr_mult=1.0."
+                f"param_groups.encoder_lr_mult={settings.encoder_lr_mult:g}: model.arch={model.get('arch')} has no "
+                "encoder to give a rate of its own; leave param_groups.encoder_lr_mult=1.0."
             )
         return settings
 
@@ -108,7 +109,7 @@ def _freeze_encoder(value: Any) -> bool | int:
 def _encoder_lr_mult(value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
         raise ConfigError(
-            f"optimizer.encoder_lr_mult={value}: give a positive factor of optimizer.lr (e.g. 0.1); "
+            f"param_groups.encoder_lr_mult={value}: give a positive factor of optimizer.lr (e.g. 0.1); "
             "model.freeze_encoder=true keeps the encoder fixed."
         )
     return float(value)
@@ -116,14 +117,15 @@ def _encoder_lr_mult(value: Any) -> float:
 
 def _no_decay_norm_bias(value: Any) -> bool:
     if not isinstance(value, bool):
-        raise ConfigError(f"optimizer.no_decay_norm_bias={value}: use true or false.")
+        raise ConfigError(f"param_groups.no_decay_norm_bias={value}: use true or false.")
     return value
 
 
-def optimizer_arguments(optimizer: Mapping) -> dict[str, Any]:
-    """The ``optimizer`` config without semseg's own keys: the optimizer class (``_target_``) and its
-    arguments, for Hydra to instantiate."""
-    return {key: value for key, value in optimizer.items() if key not in GROUPING_KEYS}
+def legacy_grouping(optimizer: Mapping) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A checkpoint's ``optimizer`` config from before the ``param_groups`` config, which held its
+    keys: the optimizer's own arguments, and the grouping keys it held (absent: none)."""
+    own = {key: value for key, value in optimizer.items() if key not in GROUPING_KEYS}
+    return own, {key: value for key, value in optimizer.items() if key in GROUPING_KEYS}
 
 
 def exempt_from_weight_decay(module: nn.Module) -> set[int]:
@@ -181,7 +183,7 @@ def _group(name: str, parameters: list[nn.Parameter], settings: FineTuning, lr: 
     group: dict[str, Any] = {"name": name, "params": parameters}
     if name.startswith("encoder") and settings.encoder_lr_mult != 1.0:
         if lr is None:
-            raise ConfigError("optimizer.encoder_lr_mult scales optimizer.lr: set optimizer.lr as well.")
+            raise ConfigError("param_groups.encoder_lr_mult scales optimizer.lr: set optimizer.lr as well.")
         group["lr"] = lr * settings.encoder_lr_mult
     if name.endswith(NO_DECAY_SUFFIX):
         group["weight_decay"] = 0.0

@@ -1,15 +1,17 @@
-"""Learning-rate schedule: linear warm-up, then poly or cosine decay, stepped every batch.
+"""Learning-rate schedules: linear warm-up, then poly or cosine decay, stepped every batch.
 
-Built from torch.optim.lr_scheduler parts; only the choice between them lives here. The settings'
-values live in conf/scheduler/*.yaml only: a key missing here is an error, never a default of its own.
+Built from torch.optim.lr_scheduler parts. Each schedule is a function that conf/scheduler/*.yaml
+names as its ``_target_``; the settings' values live there only: a function's arguments have no
+defaults, so a key missing from the config is an error, never a default of its own.
 """
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Mapping
-from typing import Any
 
+from hydra.utils import get_method, instantiate
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import (
     ConstantLR,
@@ -23,46 +25,62 @@ from torch.optim.lr_scheduler import (
 
 from semseg.errors import ConfigError
 
-SCHEDULES = ("poly", "cosine", "constant")
-
-
-def _setting(cfg: Mapping, key: str) -> Any:
-    """``cfg[key]``, or a ConfigError naming ``scheduler.<key>`` and the fix."""
-    if key not in cfg:
-        raise ConfigError(
-            f"scheduler.{key} is missing: set it (+scheduler.{key}=<value> on the command line), or "
-            f"choose a preset of conf/scheduler/ ({', '.join(SCHEDULES)}) that sets it."
-        )
-    return cfg[key]
-
 
 def build_scheduler(optimizer: Optimizer, cfg: Mapping, total_steps: int) -> LRScheduler:
-    """Per-step schedule over ``total_steps`` optimizer steps.
-
-    Args:
-        optimizer: the optimizer whose learning rate is scheduled.
-        cfg: ``name`` (poly | cosine | constant), ``warmup_ratio`` (share of the steps spent
-            ramping linearly up from ``warmup_start_factor``), ``power`` (poly), ``min_lr_ratio``
-            (cosine floor as a share of the base rate).
-        total_steps: optimizer steps of the whole fit (``trainer.estimated_stepping_batches``).
+    """The ``scheduler`` config's schedule of ``optimizer`` over ``total_steps`` optimizer steps
+    (``trainer.estimated_stepping_batches``): its ``_target_`` (``poly``, ``cosine``, ``constant``
+    below, or one's own function of the same arguments) called with the optimizer and the steps.
 
     Raises:
-        ConfigError: a setting the schedule reads is missing, or the name is not a schedule.
+        ConfigError: the config lacks ``_target_`` or a setting its schedule takes.
     """
-    warmup = min(int(_setting(cfg, "warmup_ratio") * total_steps), max(total_steps - 1, 0))
-    decay_steps = max(total_steps - warmup, 1)
-    match _setting(cfg, "name"):
-        case "poly":
-            decay: LRScheduler = PolynomialLR(optimizer, total_iters=decay_steps, power=_setting(cfg, "power"))
-        case "cosine":
-            decay = _cosine_decay(optimizer, decay_steps, _setting(cfg, "min_lr_ratio"))
-        case "constant":
-            decay = ConstantLR(optimizer, factor=1.0, total_iters=0)
-        case other:
-            raise ConfigError(f"scheduler.name={other}: valid schedules are {', '.join(SCHEDULES)}.")
+    cfg = dict(cfg)
+    if "_target_" not in cfg and "name" in cfg:  # checkpoints of runs from before the _target_ entries
+        cfg["_target_"] = f"{__name__}.{cfg.pop('name')}"
+    # Named here, before Hydra's instantiate, whose TypeError would not say which config key is missing.
+    taken = list(inspect.signature(get_method(cfg["_target_"])).parameters) if "_target_" in cfg else ["_target_"]
+    for key in taken:
+        if key not in (*cfg, "optimizer", "total_steps"):
+            raise ConfigError(
+                f"scheduler.{key} is missing: set it (+scheduler.{key}=<value> on the command line), or choose a "
+                "preset of conf/scheduler/ (poly, cosine, constant) that sets it."
+            )
+    return instantiate(cfg, optimizer=optimizer, total_steps=total_steps)
+
+
+def poly(
+    optimizer: Optimizer, total_steps: int, warmup_ratio: float, warmup_start_factor: float, power: float
+) -> LRScheduler:
+    """Linear warm-up over ``warmup_ratio`` of the steps from ``warmup_start_factor`` x the rate,
+    then polynomial decay to 0 (DeepLab's "poly" policy) with exponent ``power``."""
+    warmup = _warmup_steps(warmup_ratio, total_steps)
+    decay = PolynomialLR(optimizer, total_iters=max(total_steps - warmup, 1), power=power)
+    return _after_warmup(optimizer, decay, warmup, warmup_start_factor)
+
+
+def cosine(
+    optimizer: Optimizer, total_steps: int, warmup_ratio: float, warmup_start_factor: float, min_lr_ratio: float
+) -> LRScheduler:
+    """Linear warm-up as ``poly``'s, then cosine decay to ``min_lr_ratio`` x each group's rate."""
+    warmup = _warmup_steps(warmup_ratio, total_steps)
+    decay = _cosine_decay(optimizer, max(total_steps - warmup, 1), min_lr_ratio)
+    return _after_warmup(optimizer, decay, warmup, warmup_start_factor)
+
+
+def constant(optimizer: Optimizer, total_steps: int, warmup_ratio: float, warmup_start_factor: float) -> LRScheduler:
+    """Linear warm-up as ``poly``'s, then the rate itself."""
+    warmup = _warmup_steps(warmup_ratio, total_steps)
+    return _after_warmup(optimizer, ConstantLR(optimizer, factor=1.0, total_iters=0), warmup, warmup_start_factor)
+
+
+def _warmup_steps(warmup_ratio: float, total_steps: int) -> int:
+    return min(int(warmup_ratio * total_steps), max(total_steps - 1, 0))
+
+
+def _after_warmup(optimizer: Optimizer, decay: LRScheduler, warmup: int, start_factor: float) -> LRScheduler:
     if warmup == 0:
         return decay
-    ramp = LinearLR(optimizer, start_factor=_setting(cfg, "warmup_start_factor"), total_iters=warmup)
+    ramp = LinearLR(optimizer, start_factor=start_factor, total_iters=warmup)
     return SequentialLR(optimizer, [ramp, decay], milestones=[warmup])
 
 
@@ -71,7 +89,7 @@ def _cosine_decay(optimizer: Optimizer, steps: int, min_lr_ratio: float) -> LRSc
 
     torch's CosineAnnealingLR has one floor for all groups (``eta_min``): right where they share one
     rate or the floor is 0, and kept there (the checkpoints of such runs hold its state). Groups at
-    rates of their own (``optimizer.encoder_lr_mult``) get the same factor from a LambdaLR instead,
+    rates of their own (``param_groups.encoder_lr_mult``) get the same factor from a LambdaLR instead,
     so that the encoder's rate stays the same share of the decoder's down to the floor.
     """
     rates = {group["lr"] for group in optimizer.param_groups}

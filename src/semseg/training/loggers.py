@@ -4,13 +4,10 @@ TensorBoard, MLflow, or several at once; what each gets beyond Lightning's metri
 from __future__ import annotations
 
 import logging
-import netrc
-import os
 from collections.abc import Mapping
 from numbers import Real
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 import lightning as L
 import torch
@@ -22,48 +19,22 @@ from omegaconf import DictConfig, OmegaConf
 
 from semseg.errors import ConfigError
 from semseg.extras import CHOICES, require_extra
-from semseg.online import can_reach
 from semseg.training.distributed import in_multirun
+from semseg.training.mlflow_run import local_store, quiet_mlflow
 
 log = logging.getLogger(__name__)
 
-WANDB_DEFAULT_URL = "https://api.wandb.ai"
 # Where a checkpoint keeps the runs of its loggers, which resuming it continues.
 RUN_ID_KEYS = {"wandb": "wandb_run_id", "mlflow": "mlflow_run_id"}
 # The short names of the loggers semseg knows (conf/logger/<name>.yaml), by Lightning class.
 LOGGER_NAMES = {
     "WandbLogger": "wandb",
+    "WandbRunLogger": "wandb",
     "CSVLogger": "csv",
     "TensorBoardLogger": "tensorboard",
     "MLFlowLogger": "mlflow",
     "MLflowRunLogger": "mlflow",
 }
-MLFLOW_STORE_FILE = "mlflow.db"  # the local store's database, in logger.save_dir (mlruns/)
-
-
-def _wandb_host() -> str:
-    return urlparse(os.environ.get("WANDB_BASE_URL", WANDB_DEFAULT_URL)).hostname or "api.wandb.ai"
-
-
-def _has_wandb_credentials(host: str) -> bool:
-    if os.environ.get("WANDB_API_KEY"):
-        return True
-    try:
-        return netrc.netrc().authenticators(host) is not None
-    except (FileNotFoundError, netrc.NetrcParseError):
-        return False
-
-
-def wandb_should_be_offline(setting: bool | str | None) -> bool:
-    """Resolves ``logger.offline``: true/false as given; ``auto`` goes online only with W&B
-    credentials and a reachable server, so a run never prompts for a login or hangs."""
-    if setting != "auto":
-        return bool(setting)
-    mode = os.environ.get("WANDB_MODE", "").lower()
-    if mode in ("offline", "dryrun", "disabled"):
-        return True
-    host = _wandb_host()
-    return not (_has_wandb_credentials(host) and can_reach(host))
 
 
 def run_identity(cfg: DictConfig) -> dict[str, Any]:
@@ -72,14 +43,15 @@ def run_identity(cfg: DictConfig) -> dict[str, Any]:
 
     name: ``<model>-<loss>-s<seed>`` (``unet-ce_dice-s0``); group: the experiment preset, else the
     sweep folder of a multirun (so a sweep's runs sit together, each its own run), else none;
-    tags: ``model:<m>``, ``loss:<l>``, ``data:<d>``.
+    tags: ``model:<m>``, ``loss:<l>``, ``data:<d>`` (the data config, or the folder's name for data=folder).
     """
     choices = HydraConfig.get().runtime.choices if HydraConfig.initialized() else {}
     model = choices.get("model") or cfg.model.get("arch", "model")
     if model == "fcn" or cfg.model.get("arch") == "fcn":
         model = f"fcn{cfg.model.get('variant', '')}"
     loss = choices.get("loss") or "+".join(cfg.loss.terms)
-    data = choices.get("data") or Path(str(cfg.data.root)).name
+    # data=folder (the default) is any folder: its own name says which.
+    data = choices.get("data") if choices.get("data") not in (None, "folder") else Path(str(cfg.data.root)).name
     group = choices.get("experiment")
     if group in (None, "null") and in_multirun():
         group = Path(HydraConfig.get().sweep.dir).name
@@ -162,11 +134,6 @@ def _instantiate(config: dict) -> Logger:
 
 
 def _wandb_config(config: dict, identity: Mapping[str, Any], resume_id: str | None) -> dict:
-    offline = wandb_should_be_offline(config.get("offline", "auto"))
-    config["offline"] = offline
-    if offline:
-        # The upload command, with the run's folder, ends the run (finish_logger).
-        print("W&B: no credentials or no network, logging offline into the run folder.")
     Path(config["save_dir"]).mkdir(parents=True, exist_ok=True)
     for key, value in identity.items():
         if config.get(key) is None:
@@ -177,33 +144,20 @@ def _wandb_config(config: dict, identity: Mapping[str, Any], resume_id: str | No
 
 
 def _mlflow_config(config: dict, identity: Mapping[str, Any], resume_id: str | None) -> dict:
-    """MLflow's config: a local SQLite store in ``save_dir`` when no ``tracking_uri`` is given, the
-    run named and tagged from ``identity``, and MLflow's usage telemetry off. ``resume_id`` (the run
+    """MLflow's config: the run named and tagged from ``identity``, and MLflow's usage telemetry off
+    (the local SQLite store where no ``tracking_uri`` is given is ``MLflowRunLogger``'s). ``resume_id`` (the run
     of the checkpoint being resumed) is continued where the store holds it and the logger can
     (``MLflowRunLogger``, conf/logger/mlflow.yaml's); elsewhere a new run starts."""
-    # MLflow reads it when imported (by the logger, just below): training sends nothing anywhere
-    # but the tracking store. A user's own MLFLOW_DISABLE_TELEMETRY=false still wins.
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    # With a server, MLflow prints the run's address each time a run ends, and Lightning ends it
-    # after each of fit, validate and test: finish_logger prints it once.
-    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
-    if not config.get("tracking_uri"):
-        # SQLite, not MLflow's ./mlruns file store: MLflow 3 refuses a file store (maintenance mode)
-        # unless MLFLOW_ALLOW_FILE_STORE is set. Absolute paths: the store is the same whatever
-        # reads it later, and the artifacts sit beside the database.
-        store = Path(config.get("save_dir") or "mlruns").resolve()
-        store.mkdir(parents=True, exist_ok=True)
-        config["tracking_uri"] = f"sqlite:///{store / MLFLOW_STORE_FILE}"
-        if not config.get("artifact_location"):
-            config["artifact_location"] = (store / "artifacts").as_uri()
+    quiet_mlflow()  # before MLflow is imported (by _mlflow_run_exists, or the logger)
     if not config.get("run_name"):
         config["run_name"] = identity.get("name")
     config["tags"] = {**_mlflow_tags(identity), **(config.get("tags") or {})}
     if resume_id and config["_target_"].endswith("MLflowRunLogger"):
-        if _mlflow_run_exists(config["tracking_uri"], resume_id):
+        tracking_uri = config.get("tracking_uri") or local_store(config.get("save_dir"))[0]
+        if _mlflow_run_exists(tracking_uri, resume_id):
             config["run_id"] = resume_id
         else:
-            log.info(f"MLflow run {resume_id} of the checkpoint is not in {config['tracking_uri']}: starting a new run")
+            log.info(f"MLflow run {resume_id} of the checkpoint is not in {tracking_uri}: starting a new run")
     return config
 
 

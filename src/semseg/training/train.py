@@ -9,7 +9,6 @@ import time
 from contextlib import nullcontext
 
 import lightning as L
-from hydra.core.hydra_config import HydraConfig
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
@@ -21,7 +20,7 @@ from semseg.data import SegmentationDataModule
 from semseg.data.inspection import DataReport
 from semseg.data.layout import DataLayout
 from semseg.data.sampling import EpochSeeding
-from semseg.data.synthetic import own_folder_groups, own_folder_or_synthetic
+from semseg.data.synthetic import require_data_named
 from semseg.files import json_safe, write_json_atomic
 from semseg.models import count_gflops, count_parameters
 from semseg.reporting.console import training_summary
@@ -62,11 +61,6 @@ def _model_cost(module: SegmentationModule, data: DictConfig, report: DataReport
     return {"params": count_parameters(module.net), "gflops": gflops, "gflops_input": [height, width]}
 
 
-def _command_line() -> list[str]:
-    """The overrides the user gave (none when train() is called without Hydra's runtime)."""
-    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
-
-
 def _suggest_pretrained(cfg: DictConfig) -> None:
     # Training a real data set from scratch is rarely what one wants; the synthetic default is
     # meant to run offline in minutes, so it stays quiet there.
@@ -94,12 +88,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     """
     check_gpus_exist(cfg.trainer)  # before any output: asking for absent GPUs is a config error
     refuse_spawned_ranks(cfg.trainer)
-    command_line = _command_line()
-    data = own_folder_or_synthetic(OmegaConf.to_container(cfg.data, resolve=True), command_line)
-    if cfg.data.get("synthetic") and not data.get("synthetic"):  # one's own folder, read as data=folder
-        for group, config in own_folder_groups(OmegaConf.to_container(cfg), command_line).items():
-            cfg[group] = OmegaConf.create(config)
-    cfg.data = OmegaConf.create(data)
+    require_data_named(cfg.data)
     _suggest_pretrained(cfg)
     run = RunFolder(cfg.output_dir)
     with output_faults(run):
