@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 ARGS ?=
+# make test's pytest-xdist workers: the suite's processes share out the cores (tests/conftest.py).
+TEST_WORKERS ?= 2
 # The offline GPU machine's Python, for `make gpu-wheels` (x86_64, manylinux).
 GPU_PYTHON ?= 3.12
 GPU_WHEELS_MAX_MIB := 64
@@ -25,10 +27,10 @@ train: install
 	$(PY) scripts/train.py data=synthetic $(ARGS)
 
 test: install
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 test-all: install
-	$(PY) -m pytest -q -m "slow or not slow"
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m "slow or not slow"
 
 bench: install
 	$(PY) scripts/benchmark.py $(ARGS)

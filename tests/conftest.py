@@ -2,18 +2,28 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import cv2
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from semseg.data.synthetic import SyntheticSpec, generate
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+
+# Under pytest-xdist (`make test` runs two workers), the cores are shared out among the workers,
+# and the trainings they start (subprocesses inherit OMP_NUM_THREADS): PyTorch's default of one
+# thread per core in every process would oversubscribe them, slowing each process several times.
+if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
+    _threads = max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
+    os.environ["OMP_NUM_THREADS"] = str(_threads)
+    torch.set_num_threads(_threads)
 
 # Drawing the run folder's pictures costs matplotlib ~3 s per run: only the tests of the pictures
 # draw them (make_cfg(..., pictures=True)).
