@@ -27,10 +27,10 @@ train: install
 	$(PY) scripts/train.py data=synthetic $(ARGS)
 
 test: install
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist worksteal
 
 test-all: install
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m "slow or not slow"
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist worksteal -m "slow or not slow"
 
 bench: install
 	$(PY) scripts/benchmark.py $(ARGS)

@@ -34,6 +34,15 @@ NO_PICTURES = "callbacks.validation_pictures=null"
 # command-line tests take it as an override in CHEAP (they train the default U-Net); make_cfg sets
 # it after composing (with_tiny_encoder).
 TINY_ENCODER = "model.encoder_name=tu-test_resnet"
+# DPT's stand-in, as TINY_ENCODER is U-Net's: timm's test ViT (0.37 M parameters, 16-pixel patches)
+# under a narrow decoder, 0.5 M parameters in all (DINOv2 ViT-S/14 under the default decoder: 61 M,
+# ten times slower a step). tests/test_finetuning_weights.py trains the DINOv2 presets themselves.
+TINY_DPT_OVERRIDES = [
+    "model.encoder_name=tu-test_vit",
+    "model.encoder_weights=null",
+    "++model.kwargs.decoder_intermediate_channels=[16,32,64,64]",
+    "++model.kwargs.decoder_fusion_channels=16",
+]
 # Every test run of train(): CPU, one small epoch, no W&B and no pictures unless a test asks.
 CHEAP = [
     TINY_ENCODER,

@@ -120,7 +120,7 @@ def test_gpu_pool_runs_jobs_in_parallel_each_on_its_own_devices(tiny_root: Path,
     result = run_sweep(
         sweep,
         tiny_root,
-        ["loss=ce,dice,focal,lovasz"],
+        ["loss=ce,dice,focal"],  # three jobs on two slots: the third waits for a free one
         "trainer.limit_train_batches=1",
         "run_test=false",
         "hydra/launcher=gpu_pool",
@@ -128,8 +128,8 @@ def test_gpu_pool_runs_jobs_in_parallel_each_on_its_own_devices(tiny_root: Path,
         "hydra.launcher.gpus_per_job=2",
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    launches = [json.loads((sweep / str(n) / "launch.json").read_text()) for n in range(4)]
-    assert all(json.loads((sweep / str(n) / "metrics.json").read_text())["val/miou"] >= 0 for n in range(4))
+    launches = [json.loads((sweep / str(n) / "launch.json").read_text()) for n in range(3)]
+    assert all(json.loads((sweep / str(n) / "metrics.json").read_text())["val/miou"] >= 0 for n in range(3))
     assert {launch["devices"] for launch in launches} == {"0,1", "2,3"}
     overlapping = [
         (a, b) for i, a in enumerate(launches) for b in launches[i + 1 :]

@@ -22,17 +22,11 @@ from semseg.models import build_model
 from semseg.task.module import SegmentationModule
 from semseg.training.checkpoints import resume_checkpoint
 from semseg.training.train import train
-from tests.conftest import compose_cfg, compose_named
+from tests.conftest import TINY_DPT_OVERRIDES, compose_cfg, compose_named
 
 # timm's test ViT (0.37 M parameters, 16-pixel patches) under a narrow DPT decoder.
 TINY_DECODER = {"decoder_intermediate_channels": [16, 32, 64, 64], "decoder_fusion_channels": 16}
 TINY_DPT = {"arch": "dpt", "encoder_name": "tu-test_vit", "encoder_weights": None, "kwargs": TINY_DECODER}
-TINY_DPT_OVERRIDES = [
-    "model.encoder_name=tu-test_vit",
-    "model.encoder_weights=null",
-    "++model.kwargs.decoder_intermediate_channels=[16,32,64,64]",
-    "++model.kwargs.decoder_fusion_channels=16",
-]
 FEWER_CLASSES = ["data.num_classes=3", "data.class_names=null"]  # trained_run has 5
 
 

@@ -22,7 +22,7 @@ from semseg.models import count_gflops
 from semseg.task.module import SegmentationModule
 from semseg.training.train import train
 from tests import wandb_records
-from tests.conftest import CONF_DIR
+from tests.conftest import CONF_DIR, TINY_DPT_OVERRIDES
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -56,17 +56,22 @@ MODELS = sorted(p.stem for p in (CONF_DIR / "model").glob("*.yaml") if p.stem no
 LOSSES = sorted(path.stem for path in (CONF_DIR / "loss").glob("*.yaml"))
 
 
+def _model(model: str) -> list[str]:
+    """``model=<model>``, DPT on its tiny stand-in (as the others on TINY_ENCODER)."""
+    return [f"model={model}", *(TINY_DPT_OVERRIDES if model == "dpt" else [])]
+
+
 @pytest.mark.parametrize("model", MODELS)
 @pytest.mark.parametrize("loss", LOSSES)
 def test_every_model_trains_with_every_loss(make_cfg, model: str, loss: str):
-    metrics = train(make_cfg(f"model={model}", f"loss={loss}", "run_test=false", "trainer.limit_train_batches=1"))
+    metrics = train(make_cfg(*_model(model), f"loss={loss}", "run_test=false", "trainer.limit_train_batches=1"))
     assert np.isfinite(metrics["val/loss"])
     assert 0.0 <= metrics["val/miou"] <= 1.0 and 0.0 <= metrics["val/boundary_iou"] <= 1.0
 
 
 @pytest.mark.parametrize("model", MODELS)
 def test_every_model_trains_and_evaluates_on_odd_sized_images(make_cfg, odd_size_root: Path, model: str):
-    cfg = make_cfg(f"model={model}", "data.batch_size=3", "run_test=false", root=odd_size_root)
+    cfg = make_cfg(*_model(model), "data.batch_size=3", "run_test=false", root=odd_size_root)
     metrics = train(cfg)
     assert np.isfinite(metrics["val/loss"]) and 0.0 <= metrics["val/miou"] <= 1.0
 
