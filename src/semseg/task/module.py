@@ -356,8 +356,10 @@ class SegmentationModule(L.LightningModule):
         if isinstance(freeze, bool) or not isinstance(ddp, DistributedDataParallel) or ddp.find_unused_parameters:
             return
         raise ConfigError(
-            f"model.freeze_encoder={freeze} under DDP needs trainer.strategy=ddp_find_unused_parameters_true "
-            "(the encoder joins training at that epoch), or model.freeze_encoder=true (frozen throughout)."
+            f"model.freeze_encoder={freeze} under DDP needs +trainer.strategy.find_unused_parameters=true with "
+            "trainer=ddp or ddp_cpu (the encoder joins training at that epoch; trainer.strategy="
+            "ddp_find_unused_parameters_true does too, with Lightning's 30-minute timeout), or "
+            "model.freeze_encoder=true (frozen throughout)."
         )
 
     def build_optimization(self, total_steps: int) -> tuple[torch.optim.Optimizer, LRScheduler]:
