@@ -30,8 +30,9 @@ def local_store(save_dir: str | None) -> tuple[str, str]:
     """The tracking URI and artifact location of the local store in ``save_dir`` (default
     ``mlruns``): a SQLite database, not MLflow's ./mlruns file store, which MLflow 3 refuses
     (maintenance mode) unless MLFLOW_ALLOW_FILE_STORE is set. Absolute paths: the store is the same
-    whatever reads it later, and the artifacts sit beside the database."""
+    whatever reads it later, and the artifacts sit beside the database. Made if missing."""
     store = Path(save_dir or "mlruns").resolve()
+    store.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{store / MLFLOW_STORE_FILE}", (store / "artifacts").as_uri()
 
 
@@ -59,7 +60,6 @@ class MLflowRunLogger(MLFlowLogger):
         quiet_mlflow()
         if not tracking_uri:
             tracking_uri, local_artifacts = local_store(save_dir)
-            Path(save_dir or "mlruns").mkdir(parents=True, exist_ok=True)
             artifact_location = artifact_location or local_artifacts
         super().__init__(
             *args,
