@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -14,6 +15,8 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from semseg.data.synthetic import SyntheticSpec, generate
+from semseg.run_folder import RunFolder
+from semseg.task.per_image import read_per_image_scores
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
@@ -166,3 +169,14 @@ def trained_run(tiny_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
     (folder.parent / "console.txt").write_bytes(result.stdout)
     assert result.returncode == 0, result.stdout.decode(errors="replace")[-4000:]
     return folder
+
+
+def assert_per_image_scores_match(folder: Path, splits: tuple[str, ...] = ("val", "test")) -> None:
+    """The folder's per_image_scores.npz, summed, gives its metrics.json's headline scores of each split."""
+    metrics = json.loads((folder / "metrics.json").read_text())
+    scores = read_per_image_scores(RunFolder(folder).per_image_scores)
+    assert sorted(scores) == sorted(splits)
+    for split in splits:
+        assert len(set(scores[split].names.tolist())) == len(scores[split])  # each image once
+        for key, value in scores[split].scores().items():
+            assert value == pytest.approx(metrics[f"{split}/{key}"], abs=1e-5), f"{split}/{key}"

@@ -24,6 +24,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "semseg.online",
             "semseg.secrets",
             "semseg.extras",
+            "semseg.config_resolvers",
         ),
     ),
     ("data and models", ("semseg.data", "semseg.models", "semseg.inference.tiling")),

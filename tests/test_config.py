@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf
 
+from semseg.config_resolvers import conf_file
 from semseg.errors import ConfigError
+from semseg.hydra_callbacks import seed_values
 from semseg.task.schedulers import build_scheduler
-from semseg.training.loggers import run_identity
+from semseg.training.loggers import run_identity, seedless_group
 from tests.conftest import CONF_DIR, compose_cfg
 
 
@@ -88,6 +92,35 @@ def test_wandb_run_identity_comes_from_the_hydra_choices():
         HydraConfig.instance().cfg = None
     assert identity == {
         "name": "fcn8s-wce-s3",
-        "group": "compare_losses",
+        "group": "model=fcn loss=wce experiment=compare_losses",  # the overrides but the seed: its seeds together
+        "job_type": "train",
         "tags": ["model:fcn8s", "loss:wce", "data:synthetic"],
     }
+
+
+def test_a_group_name_too_long_for_wandb_is_cut_and_kept_unique():
+    long = [f"data.root=/a/very/long/path/number/{i}" for i in range(6)]
+    first, second = seedless_group([*long, "loss=ce"]), seedless_group([*long, "loss=dice"])
+    assert len(first) <= 128 and first != second
+    assert seedless_group(["seed=3", "+seeds=2", "hydra.job.chdir=false"]) == "defaults"
+
+
+def test_seeds_become_the_sweeps_seed_values_from_seed_on():
+    assert seed_values(0, 3) == "range(0,3)" and seed_values(5, 2) == "range(5,7)"
+    for wrong in (0, -1, "3", True, None):
+        with pytest.raises(ConfigError, match=r"seeds=.*: give a number of seeds"):
+            seed_values(0, wrong)
+
+
+def test_configs_find_the_files_semseg_ships_with():
+    cfg = compose_cfg(["experiment=camvid_budget", "data.root=/data/camvid"])
+    lists = OmegaConf.to_container(cfg.data.split_files, resolve=True)
+    assert {split: Path(path).name for split, path in lists.items()} == {
+        s: f"{s}.csv" for s in ("train", "val", "test")
+    }
+    held_out = Path(lists["test"]).read_text().splitlines()[1:]
+    trained = Path(lists["train"]).read_text()
+    assert len(held_out) == 101 and all(line.startswith("images/train/0006R0_") for line in held_out)
+    assert "0006R0" not in trained  # the development sequence is never trained on
+    with pytest.raises(ConfigError, match="no file"):
+        conf_file("splits/none.csv")

@@ -17,7 +17,7 @@ from omegaconf import open_dict
 from semseg.errors import ConfigError, DataError
 from semseg.inference.evaluate import evaluate
 from semseg.inference.predict import predict
-from tests.conftest import compose_named
+from tests.conftest import assert_per_image_scores_match, compose_named
 
 
 def eval_cfg(trained_run: Path, out: Path, *overrides: str):
@@ -33,6 +33,8 @@ def test_eval_reproduces_the_training_test_metrics_from_the_checkpoint_alone(tra
     for key in ("test/miou", "test/dice", "test/pixel_acc", "test/iou/background"):
         assert metrics[key] == pytest.approx(trained[key], abs=1e-6)
     assert json.loads((tmp_path / "metrics.json").read_text())["test/miou"] == pytest.approx(metrics["test/miou"])
+    assert_per_image_scores_match(tmp_path, ("test",))  # report.py compares runs from these
+    assert_per_image_scores_match(trained_run)  # what training wrote, for val and test
     with open(tmp_path / "per_class.csv") as f:
         rows = {row["class"]: row for row in csv.DictReader(f)}
     assert list(rows) == ["background", "disk", "square", "triangle", "speck"]

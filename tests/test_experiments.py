@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -47,28 +49,82 @@ def test_compare_losses_runs_one_job_per_loss(tiny_root: Path, tmp_path: Path):
     assert grid.shape[1] == round(2.2 * (2 + 4) * 100)  # image, ground truth and 4 runs side by side
     assert cv2.imread(str(sweep / "leaderboard.png")) is not None
 
+    # Intervals and paired comparisons from the per-image scores alone: no checkpoint needed.
+    for checkpoints in sweep.glob("*/checkpoints"):
+        shutil.rmtree(checkpoints)
+    compared = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "scripts" / "report.py"),
+            str(sweep),
+            "--no-pictures",
+            "--compare",
+            "loss=ce",
+            "loss=dice",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert compared.returncode == 0, compared.stderr[-3000:]
+    markdown = (sweep / "leaderboard.md").read_text()
+    assert "## loss=ce against loss=dice (val)" in markdown and "## loss=ce against loss=dice (test)" in markdown
+    assert "the interval is the images' chance only" in markdown  # one seed a loss: said so
+    with open(sweep / "comparisons.csv") as f:
+        verdicts = {
+            (line["split"], line["run"], line["against"], line["metric"]): line["verdict"] for line in csv.DictReader(f)
+        }
+    assert ("val", "loss=ce", "loss=dice", "miou") in verdicts and (
+        "test",
+        "loss=ce",
+        "loss=dice",
+        "iou/speck",
+    ) in verdicts
 
-def test_each_job_of_a_multirun_is_its_own_wandb_run(tiny_root: Path, tmp_path: Path):
-    sweep = tmp_path / "sweep"
+
+def test_seeds_repeat_each_job_grouped_in_wandb_and_under_one_mlflow_parent(tiny_root: Path, tmp_path: Path):
+    from mlflow.tracking import MlflowClient
+
+    sweep, store = tmp_path / "sweep", tmp_path / "mlruns"
     result = run_sweep(
         sweep,
         tiny_root,
-        ["loss=ce,dice"],
+        ["loss=ce,dice", "seeds=2"],
         "logger=wandb",
+        "+logger@logger.mlflow=mlflow",
+        f"logger.mlflow.save_dir={store}",
         "trainer.limit_train_batches=1",
         "run_test=false",
         WANDB_MODE="offline",
         WANDB_DIR=str(tmp_path),
     )
     assert result.returncode == 0, result.stderr[-3000:]
+    jobs = sorted(p for p in sweep.iterdir() if p.is_dir())
+    assert len(jobs) == 4  # two losses x seeds=2, without seed=0,1 on the command line
     runs = {}
-    for job, loss in ((sweep / "0", "ce"), (sweep / "1", "dice")):
+    for job in jobs:
+        config = yaml.safe_load((job / ".hydra" / "config.yaml").read_text())
         (folder,) = (job / "wandb").glob("offline-run-*")
         run = next(r.run for r in wandb_records.records(next(folder.glob("*.wandb"))) if r.HasField("run"))
-        runs[loss] = run
-        assert run.display_name == f"unet-{loss}-s0" and run.run_group == "sweep"
-        assert f"loss:{loss}" in run.tags
-    assert runs["ce"].run_id != runs["dice"].run_id
+        loss = yaml.safe_load((job / ".hydra" / "hydra.yaml").read_text())["hydra"]["runtime"]["choices"]["loss"]
+        runs[(loss, config["seed"])] = run
+        assert run.display_name == f"unet-{loss}-s{config['seed']}" and f"loss:{loss}" in run.tags
+        assert run.job_type == "train"
+    assert set(runs) == {("ce", 0), ("ce", 1), ("dice", 0), ("dice", 1)}
+    # A group per configuration, its seeds together: W&B draws their mean and spread.
+    assert runs[("ce", 0)].run_group == runs[("ce", 1)].run_group != runs[("dice", 0)].run_group
+    assert "loss=ce" in runs[("ce", 0)].run_group and "seed" not in runs[("ce", 0)].run_group
+    assert len({run.run_id for run in runs.values()}) == 4
+
+    # MLflow: the four runs under one parent run of the sweep, ended with it; the same groups.
+    client = MlflowClient(f"sqlite:///{store / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("semseg")
+    found = client.search_runs([experiment.experiment_id])
+    (parent,) = [r for r in found if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in found if r.info.run_id != parent.info.run_id]
+    assert len(children) == 4 and parent.info.status == "FINISHED"
+    assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parent.info.run_id}
+    groups = {r.info.run_name: r.data.tags["group"] for r in children}
+    assert groups["unet-ce-s0"] == groups["unet-ce-s1"] == runs[("ce", 0)].run_group != groups["unet-dice-s0"]
 
 
 def test_a_failing_job_does_not_stop_the_multirun_and_is_reported_at_the_end(tiny_root: Path, tmp_path: Path):

@@ -24,7 +24,7 @@ from semseg.reporting.figures import prediction_grid_figure
 from semseg.reporting.leaderboard import find_runs
 from semseg.task.losses import build_loss
 from semseg.training.train import train
-from tests.conftest import compose_named, folder_cfg, new_samples
+from tests.conftest import assert_per_image_scores_match, compose_named, folder_cfg, new_samples
 
 BINARY = ["data.mode=binary", "data.num_classes=1", "data.class_names=[blob]", "data.label_map={0: 0, 255: 1}"]
 
@@ -70,6 +70,7 @@ def test_binary_training_finds_the_foreground_and_logs_its_scores(binary_run: Pa
         assert f"val/{name}" in metrics and f"test/{name}" in metrics, name
     assert metrics["val/miou"] == pytest.approx(metrics["val/iou/blob"])
     assert metrics["test/iou/blob"] > 0.9
+    assert_per_image_scores_match(binary_run)
     module = load_module(binary_run / "checkpoints" / "best.ckpt")
     assert module.mode == "binary" and module.hparams.threshold == 0.5
     assert module.net(torch.zeros(1, 3, 32, 32)).shape[1] == 1  # one logit

@@ -26,7 +26,7 @@ from semseg.inference.predict import predict
 from semseg.inference.tiling import InferenceSettings, logits_to_prediction, predict_logits
 from semseg.task.metrics import PresenceConfusion, scores_from_presence
 from semseg.training.train import train
-from tests.conftest import compose_named, folder_cfg, new_samples
+from tests.conftest import assert_per_image_scores_match, compose_named, folder_cfg, new_samples
 
 CLASSES = ["road", "shadow", "car"]
 MULTILABEL = ["data.mode=multilabel", "data.num_classes=3", f"data.class_names=[{','.join(CLASSES)}]"]
@@ -159,6 +159,7 @@ def test_overlapping_classes_are_learned_and_predicted_together(multilabel_run: 
             assert f"test/{score}/{name}" in metrics
     assert metrics["val/miou"] == pytest.approx(np.mean([metrics[f"val/iou/{n}"] for n in CLASSES]), abs=1e-6)
     assert "val/boundary_iou" in metrics
+    assert_per_image_scores_match(multilabel_run)
     for picture in ("val_examples.png", "val_worst.png", "per_class_iou.png"):
         assert (multilabel_run / "pictures" / picture).is_file(), picture
     ckpt = multilabel_run / "checkpoints" / "best.ckpt"

@@ -220,6 +220,13 @@ def test_a_bad_key_is_one_line_naming_it(changes: dict, key: str, capsys: pytest
     assert stopped.value.code == 2 and error.startswith(f"error: {key}:") and error.count("\n") == 1
 
 
+def test_seeds_with_a_search_is_refused_in_one_line(capsys: pytest.CaptureFixture):
+    with pytest.raises(SystemExit) as stopped:
+        _sweeper().setup(hydra_context=None, task_function=None, config=OmegaConf.create({"seeds": 3}))
+    error = capsys.readouterr().err
+    assert stopped.value.code == 2 and error.startswith("error: seeds=3 repeats the jobs of a grid sweep")
+
+
 def test_without_optuna_the_sweeper_says_what_to_install(monkeypatch: pytest.MonkeyPatch, capsys):
     monkeypatch.setitem(sys.modules, "optuna", None)  # `import optuna` fails, find_spec finds nothing
     with pytest.raises(SystemExit) as stopped:

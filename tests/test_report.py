@@ -1,5 +1,6 @@
-"""report.py: runs found from their files, grouped across seeds, mean ± std, Markdown and CSV, and
-pictures that say what they show."""
+"""report.py: runs found from their files, grouped across seeds, Markdown and CSV (mean ± std where
+runs have no per-image scores: tests/test_comparisons.py has the intervals), and pictures that say
+what they show."""
 
 from __future__ import annotations
 
@@ -17,9 +18,13 @@ import yaml
 from omegaconf import OmegaConf
 
 from semseg.errors import DataError
-from semseg.reporting import leaderboard as leaderboard_module
+from semseg.reporting import comparisons as comparisons_module
+from semseg.reporting import report as report_module
+from semseg.reporting import tables as tables_module
 from semseg.reporting.figures import bar_chart_figure, prediction_grid_figure
-from semseg.reporting.leaderboard import find_runs, leaderboard, metric_columns, to_markdown, write_leaderboard
+from semseg.reporting.leaderboard import find_runs, leaderboard, metric_columns
+from semseg.reporting.report import write_report
+from semseg.reporting.tables import costs_table, headline_table, per_class_table
 from semseg.run_folder import checkpoint_epoch
 from tests.conftest import compose_cfg
 from tests.figures import assert_readable, legend_labels
@@ -50,11 +55,13 @@ def test_runs_that_differ_in_seed_only_are_one_row_with_mean_and_std(tmp_path: P
     assert mean == pytest.approx(0.55) and std == pytest.approx(statistics.stdev([0.5, 0.6]))
     assert rows[0].mean_std("val/miou") == (0.7, None)
     assert rows[0].mean_std("test/miou") == (None, None)  # null in metrics.json: no test split
-    columns = metric_columns(runs)
-    assert columns == ["val/miou", "val/dice", "val/iou/speck"]
-    markdown = to_markdown(rows, columns)
+    headline, per_class = metric_columns(runs)
+    assert headline == ["val/miou", "val/dice"] and per_class == {"val": ["val/iou/speck"]}
+    # No per-image scores in these runs: the spread of their metrics.json values, no images counted.
+    assert "| loss=ce | unet | ce | 0,1 | - | 0.550 ± 0.071 | 0.650 ± 0.071 |" in headline_table(rows, headline, {})
     costs = "14.3 ± 0.0 | 2.5 ± 0.0 | 10.5 ± 0.7 | 0.5 ± 0.7"  # params (M), GFLOPs, train img/s, train (min)
-    assert f"| loss=ce | unet | ce | 0,1 | {costs} | 0.550 ± 0.071 | 0.650 ± 0.071 | 0.275 ± 0.035 |" in markdown
+    assert f"| loss=ce | {costs} |" in costs_table(rows)
+    assert "| loss=ce | 0.275 |" in per_class_table(rows, per_class["val"], {})
 
 
 def test_the_script_writes_markdown_and_csv(tmp_path: Path):
@@ -74,7 +81,7 @@ def test_write_leaderboard_writes_its_tables_atomically_and_returns_what_to_prin
     fake_run(tmp_path / "runs" / "0", "ce", 0, 0.5)
     fake_run(tmp_path / "runs" / "1", "dice", 0, 0.4)
     staged = []
-    atomic_path = leaderboard_module.atomic_path
+    atomic_path = report_module.atomic_path
 
     @contextmanager
     def recording_atomic_path(path: Path):
@@ -82,13 +89,15 @@ def test_write_leaderboard_writes_its_tables_atomically_and_returns_what_to_prin
             staged.append(path.name)
             yield tmp
 
-    monkeypatch.setattr(leaderboard_module, "atomic_path", recording_atomic_path)
+    for module in (report_module, tables_module, comparisons_module):
+        monkeypatch.setattr(module, "atomic_path", recording_atomic_path)
     out = tmp_path / "out"
-    printed = write_leaderboard(tmp_path / "runs", output=out, pictures=False)
-    assert staged == ["leaderboard.md", "leaderboard.csv"]  # a reader never sees half a table
-    assert sorted(p.name for p in out.iterdir()) == ["leaderboard.csv", "leaderboard.md", "leaderboard.png"]
+    printed = write_report(tmp_path / "runs", output=out, pictures=False)
+    assert staged == ["leaderboard.md", "leaderboard.csv", "comparisons.csv"]  # a reader never sees half a table
+    tables = ["comparisons.csv", "comparisons.png", "leaderboard.csv", "leaderboard.md", "leaderboard.png"]
+    assert sorted(p.name for p in out.iterdir()) == tables
     assert printed.startswith((out / "leaderboard.md").read_text())
-    assert printed.endswith(f"2 runs in 2 rows; wrote leaderboard.md, .csv, .png and predictions.png to {out}")
+    assert printed.endswith(f"2 runs in 2 rows; wrote leaderboard.md, .csv, .png, comparisons.csv, .png to {out}")
 
 
 def test_a_folder_without_runs_is_a_clear_error(tmp_path: Path):

@@ -5,9 +5,11 @@ Entry points print these without a traceback; anything else is a bug and keeps i
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
-from collections.abc import Sequence
+import sys
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +36,17 @@ class TrainingDiverged(SemsegError):
 
 class OutputError(SemsegError):
     """An output folder cannot take a write: its disk or quota is full, it is read-only, or we lack permission."""
+
+
+@contextlib.contextmanager
+def config_errors_in_one_line() -> Iterator[None]:
+    """A ``ConfigError`` inside stops the process with its message on one line and exit code 2: for
+    Hydra plugins, whose errors Hydra would otherwise wrap in its own words and a traceback."""
+    try:
+        yield
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
 
 
 def output_fault(error: BaseException, folder: Path) -> OSError | None:

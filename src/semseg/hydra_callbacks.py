@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
-from semseg.errors import FULL_DISK
+from semseg.errors import FULL_DISK, ConfigError, config_errors_in_one_line
 from semseg.run_folder import FAILED_JOB_FILE
 from semseg.secrets import find_secrets, secrets_message
 
@@ -109,3 +109,43 @@ class ReportFailedJobs(Callback):
             lines.append(f"  {path.parent} ({' '.join(report['overrides'])}): {report['error']}")
         print("\n".join(lines), file=sys.stderr)
         sys.exit(1)
+
+
+class EndSweepParentRun(Callback):
+    """Ends the sweep's MLflow parent run (``semseg.training.mlflow_sweep``) when the multirun ends."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        from semseg.training.mlflow_sweep import end_sweep_parent_run
+
+        end_sweep_parent_run(Path(config.hydra.sweep.dir))
+
+
+def seed_values(seed: int, seeds: object) -> str:
+    """The seeds of a sweep that repeats every job over ``seeds`` seeds from ``seed`` on, in Hydra's
+    override grammar: ``range(0,3)``."""
+    if not isinstance(seeds, int) or isinstance(seeds, bool) or seeds < 1:
+        raise ConfigError(f"seeds={seeds}: give a number of seeds (1 or more) to repeat every job of the sweep with.")
+    return f"range({seed},{seed + seeds})"
+
+
+class RepeatOverSeeds(Callback):
+    """``-m ... seeds=3``: every job of the sweep over 3 seeds, from ``seed`` on.
+
+    Adds ``seed=range(<seed>,<seed + seeds>)`` as the sweep's first axis (so the first seed of every
+    configuration runs before the second of any) to the overrides Hydra's basic sweeper expands,
+    before the sweeper reads them. A ``seed=`` on the command line or in ``hydra.sweeper.params``
+    wins; other sweepers (``hparams_search=optuna``) are left alone, and refuse ``seeds`` themselves.
+    """
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        seeds = config.get("seeds")
+        if seeds in (None, 1) or not str(config.hydra.sweeper.get("_target_", "")).endswith(".BasicSweeper"):
+            return
+        with config_errors_in_one_line():
+            values = seed_values(config.seed, seeds)
+        overrides = config.hydra.overrides.task
+        swept = {str(key) for key in (config.hydra.sweeper.get("params") or {})}
+        if "seed" in swept or any(o.split("=", 1)[0].lstrip("+~") == "seed" for o in overrides):
+            return
+        with read_write(config), open_dict(config):
+            overrides.insert(0, f"seed={values}")

@@ -2,6 +2,7 @@
 run (resume, eval, export, report, the console summary) asks ``RunFolder`` for its path.
 
     <run>/metrics.json, run_info.json, data_report.json, train.log, .hydra/
+    <run>/per_image_scores.npz (each val and test image's confusion matrix: semseg.task.per_image)
     <run>/checkpoints/best.ckpt (the best val/miou), last.ckpt (every epoch, to resume from)
     <run>/checkpoints/last-prev.ckpt (the previous last.ckpt, while a new one is saved and verified)
     <run>/checkpoints/damaged/ (checkpoints resume=auto could not load, kept for inspection)
@@ -21,6 +22,7 @@ from pathlib import Path
 BEST, LAST = "best", "last"  # the checkpoints' names, without Lightning's .ckpt extension
 CHECKPOINT_EXTENSION = ".ckpt"
 METRICS_FILE = "metrics.json"  # also what eval.py writes into its own folder
+PER_IMAGE_FILE = "per_image_scores.npz"  # likewise
 FAILED_JOB_FILE = "failed.json"
 # What a run's checkpoints must hold to resume from: Lightning's weights and its epoch counter.
 RESUME_KEYS = ("state_dict", "epoch")
@@ -39,6 +41,11 @@ class RunFolder:
     def of_checkpoint(cls, checkpoint: str | Path) -> RunFolder:
         """The run a ``<run>/checkpoints/*.ckpt`` belongs to."""
         return cls(Path(checkpoint).resolve().parent.parent)
+
+    @property
+    def per_image_scores(self) -> Path:
+        """``per_image_scores.npz``: the scored images' confusion matrices (``semseg.task.per_image``)."""
+        return self.root / PER_IMAGE_FILE
 
     @property
     def checkpoints(self) -> Path:

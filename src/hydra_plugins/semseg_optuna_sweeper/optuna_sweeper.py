@@ -5,9 +5,6 @@ before any job, as semseg's other config errors do."""
 # No `from __future__ import annotations`: Hydra's plugin scan runs this module without registering
 # it in sys.modules, where dataclasses look string annotations up. No Optuna import at the top either:
 # the scan imports this module in every run, searching or not.
-import contextlib
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,19 +13,10 @@ from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, ListConfig
 
-from semseg.errors import ConfigError
+from semseg.errors import ConfigError, config_errors_in_one_line
 from semseg.extras import require_extra
 
 _DIRECTIONS = ("minimize", "maximize")
-
-
-@contextlib.contextmanager
-def _one_line_errors() -> Iterator[None]:
-    try:
-        yield
-    except ConfigError as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
 
 
 class OptunaSweeper(Sweeper):
@@ -55,9 +43,14 @@ class OptunaSweeper(Sweeper):
         self.directions: list[str] = []
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
-        with _one_line_errors():
+        with config_errors_in_one_line():
             require_extra("optuna", "hparams_search=optuna")
             self._check()
+            if config is not None and config.get("seeds") not in (None, 1):
+                raise ConfigError(
+                    f"seeds={config.seeds} repeats the jobs of a grid sweep; an Optuna search runs one seed per trial. "
+                    "Drop seeds, or search first and then run the best configuration with -m seeds=3."
+                )
         self.config = config
         self.launcher = Plugins.instance().instantiate_launcher(
             config=config, hydra_context=hydra_context, task_function=task_function
@@ -92,6 +85,6 @@ class OptunaSweeper(Sweeper):
         from hydra_plugins.semseg_optuna_sweeper._search import Search
 
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
-        with _one_line_errors():
+        with config_errors_in_one_line():
             search = Search(self, self.launcher, sweep_dir, self.config, list(arguments))
         search.run()

@@ -16,9 +16,10 @@ from semseg.errors import ConfigError
 from semseg.files import atomic_path, json_safe, write_json_atomic
 from semseg.inference.checkpoint import load_module
 from semseg.markdown import markdown_table
-from semseg.run_folder import METRICS_FILE
+from semseg.run_folder import METRICS_FILE, RunFolder
 from semseg.task.metrics import per_class_scores
 from semseg.task.module import SegmentationModule
+from semseg.task.per_image import write_per_image_scores
 from semseg.trainer_defaults import trainer_kwargs
 
 log = logging.getLogger(__name__)
@@ -115,9 +116,10 @@ def _write_per_class(rows: list[dict], folder: Path) -> str:
 def evaluate(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict[str, float]:
     """Scores ``cfg.ckpt_path`` on ``cfg.split`` with the ``inference`` settings.
 
-    Writes ``metrics.json`` (contract names under ``<split>/``), ``per_class.csv``/``.md`` and
+    Writes ``metrics.json`` (contract names under ``<split>/``), ``per_class.csv``/``.md``,
     ``confusion_matrix.csv`` (rows target, columns prediction; binary and multilabel: each class's
-    tn, fp, fn, tp) into ``cfg.output_dir``.
+    tn, fp, fn, tp) and ``per_image_scores.npz`` (each image's, under ``<split>/``:
+    ``semseg.task.per_image``) into ``cfg.output_dir``.
 
     Args:
         cfg: the composed ``conf/eval.yaml``.
@@ -139,6 +141,7 @@ def evaluate(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict[str, float]
     )
     # The module's test stage scores any split (trainer.test): its metrics, named test/*, are
     # renamed to the split's, and its confusion matrix is the test stage's.
+    module.record_per_image()
     raw = trainer.test(module, dataloaders=loader, verbose=False)[0]
     metrics = {f"{split}/{k.removeprefix(f'{SCORING_STAGE}/')}": float(v) for k, v in raw.items()}
 
@@ -148,6 +151,9 @@ def evaluate(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict[str, float]
     rows = per_class_rows if module.mode == "multiclass" else presence_rows
     markdown = _write_per_class(rows(confusion, class_names), output_dir)
     _write_confusion(confusion, class_names, module.mode, output_dir)
+    records = {split: module.per_image_results[SCORING_STAGE]}
+    hp = module.hparams
+    write_per_image_scores(RunFolder(output_dir).per_image_scores, records, class_names, hp.ignore_index, module.mode)
     write_json_atomic(output_dir / METRICS_FILE, json_safe(metrics))
     summary = ", ".join(
         f"{k} {metrics[f'{split}/{k}']:.4f}" for k in ("miou", "dice", "pixel_acc") if f"{split}/{k}" in metrics

@@ -1,13 +1,13 @@
 """Leaderboards of finished runs: every ``metrics.json`` under a folder, grouped across seeds.
 
 A run is a folder with ``metrics.json`` and Hydra's ``.hydra/`` (its overrides and config group
-choices). Runs whose overrides differ only in ``seed`` form one leaderboard row with the mean and
-standard deviation of each metric. Reads files only: works offline on finished runs.
+choices), and ``per_image_scores.npz`` (its images' confusion matrices, for the intervals of
+``semseg.reporting.intervals``) where it was written. Runs whose overrides differ only in ``seed``
+form one leaderboard row. Reads files only: works offline on finished runs.
 """
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import statistics
@@ -18,9 +18,8 @@ from pathlib import Path
 import yaml
 
 from semseg.errors import DataError
-from semseg.files import atomic_path
-from semseg.markdown import markdown_table
 from semseg.run_folder import METRICS_FILE, RunFolder
+from semseg.task.per_image import PerImageScores, read_per_image_scores
 
 # run_info.json keys shown after the seeds, with their column titles and scales.
 COSTS = {
@@ -29,7 +28,9 @@ COSTS = {
     "train_images_per_s": ("train img/s", 1.0),
     "train_time_s": ("train (min)", 1 / 60),
 }
-HEADLINE = ("val/miou", "val/dice", "val/pixel_acc", "val/boundary_iou", "test/miou", "test/dice", "test/pixel_acc")
+HEADLINE = tuple(
+    f"{split}/{metric}" for split in ("val", "test") for metric in ("miou", "dice", "pixel_acc", "boundary_iou")
+)
 
 
 @dataclass
@@ -42,6 +43,7 @@ class Run:
     seed: int | None
     metrics: dict[str, float | None]
     info: dict = field(default_factory=dict)  # run_info.json: params, gflops, train_time_s, epochs
+    per_image: dict[str, PerImageScores] | None = None  # per_image_scores.npz by split, where written
 
     def name(self, common: set[str]) -> str:
         """The overrides that set this run apart from the ``common`` ones, without the seed (``loss=wce``)."""
@@ -88,6 +90,9 @@ def find_runs(folder: str | Path) -> list[Run]:
                 seed=config.get("seed"),
                 metrics=json.loads(metrics_path.read_text()),
                 info=json.loads(info.read_text()) if (info := RunFolder(run_dir).run_info).is_file() else {},
+                per_image=read_per_image_scores(path)
+                if (path := RunFolder(run_dir).per_image_scores).is_file()
+                else None,
             )
         )
     if not runs:
@@ -106,72 +111,12 @@ def leaderboard(runs: Sequence[Run], sort_by: str = "val/miou") -> list[Row]:
     return sorted(rows.values(), key=lambda row: -(row.mean_std(sort_by)[0] or -math.inf))
 
 
-def metric_columns(runs: Sequence[Run]) -> list[str]:
-    """The headline metrics, then per-class IoU of every split, where some run has a value."""
-    present = {key for run in runs for key, value in run.metrics.items() if value is not None}
-    per_class = sorted(k for k in present if "/iou/" in k)
-    return [k for k in HEADLINE if k in present] + per_class
-
-
-def _cell(row: Row, key: str, scale: float = 1.0, digits: int = 3) -> str:
-    mean, std = row.mean_std(key)
-    if mean is None:
-        return "-"
-    return f"{mean * scale:.{digits}f}" + ("" if std is None else f" ± {std * scale:.{digits}f}")
-
-
-def to_markdown(rows: Sequence[Row], columns: Sequence[str]) -> str:
-    header = ["run", "model", "loss", "seeds", *(title for title, _ in COSTS.values()), *columns]
-    lines = []
-    for row in rows:
-        first = row.runs[0].choices
-        seeds = ",".join(str(run.seed) for run in row.runs)
-        costs = [_cell(row, key, scale, digits=1) for key, (_, scale) in COSTS.items()]
-        cells = [
-            row.name,
-            first.get("model", "-"),
-            first.get("loss", "-"),
-            seeds,
-            *costs,
-            *(_cell(row, c) for c in columns),
-        ]
-        lines.append(cells)
-    return markdown_table(header, lines)
-
-
-def write_csv(path: Path, rows: Sequence[Row], columns: Sequence[str]) -> None:
-    """Writes the leaderboard as CSV, a mean and a std column per metric, atomically (see ``atomic_path``)."""
-    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
-        writer = csv.writer(f)
-        keys = [*COSTS, *columns]
-        writer.writerow(["run", "model", "loss", "seeds", *(f"{c} {s}" for c in keys for s in ("mean", "std"))])
-        for row in rows:
-            first = row.runs[0].choices
-            stats = [v for c in keys for v in row.mean_std(c)]
-            seeds = " ".join(str(run.seed) for run in row.runs)
-            writer.writerow([row.name, first.get("model", ""), first.get("loss", ""), seeds, *stats])
-
-
-def write_leaderboard(
-    folder: Path, sort: str = "val/miou", output: Path | None = None, images: int = 4, pictures: bool = True
-) -> str:
-    """Writes the leaderboard of the runs under ``folder`` into ``output`` (default: ``folder``):
-    leaderboard.md and leaderboard.csv (ranked by ``sort``), leaderboard.png and, with ``pictures``,
-    predictions.png of ``images`` validation images. Returns what to print: the Markdown table, the
-    notes of runs that could not be drawn, and a summary line."""
-    # Here, not at the top: matplotlib, torch and Lightning take seconds to load, which report.py's
-    # --help (and whoever only reads runs) need not wait for.
-    from semseg.reporting.figures import bar_chart, prediction_grid
-
-    runs = find_runs(folder)
-    rows = leaderboard(runs, sort)
-    columns = metric_columns(runs)
-    output = output or folder
-    markdown = to_markdown(rows, columns)
-    with atomic_path(output / "leaderboard.md") as tmp:
-        tmp.write_text(markdown)
-    write_csv(output / "leaderboard.csv", rows, columns)
-    bar_chart(rows, output / "leaderboard.png")
-    notes = prediction_grid(runs, output / "predictions.png", images) if pictures else []
-    summary = f"{len(runs)} runs in {len(rows)} rows; wrote leaderboard.md, .csv, .png and predictions.png to {output}"
-    return "\n".join([markdown, "\n".join(notes), summary])
+def metric_columns(runs: Sequence[Run]) -> tuple[list[str], dict[str, list[str]]]:
+    """The headline metrics where some run has a value, and each split's per-class IoU keys (in the
+    runs' class order)."""
+    present = [key for run in runs for key, value in run.metrics.items() if value is not None]
+    per_class: dict[str, list[str]] = {}
+    for key in dict.fromkeys(present):
+        if "/iou/" in key:
+            per_class.setdefault(key.split("/", 1)[0], []).append(key)
+    return [k for k in HEADLINE if k in present], per_class

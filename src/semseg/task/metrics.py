@@ -46,6 +46,27 @@ def boundary_band(labels: torch.Tensor, valid: torch.Tensor, width: int) -> torc
     return (highest != lowest)[:, 0] & valid
 
 
+def per_image_boundary_counts(
+    preds: torch.Tensor, target: torch.Tensor, num_classes: int, ignore_index: int, width: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, C) boundary intersection and union pixel counts of each of N images (``BoundaryIoU``'s
+    terms), from (N, H, W) predicted and target class indices."""
+    valid = target != ignore_index
+    target = torch.where(valid, target, 0)  # any class: these pixels are masked out below
+    target_band = boundary_band(target, valid, width)
+    pred_band = boundary_band(preds, valid, width)
+    both = target_band & pred_band & (preds == target)
+    # Image n's class c sits at n * C + c. scatter_add with 0/1 weights instead of boolean
+    # indexing: no host-device sync.
+    offset = torch.arange(preds.shape[0], device=preds.device)[:, None, None] * num_classes
+    zeros = torch.zeros(preds.shape[0] * num_classes, dtype=torch.long, device=preds.device)
+    intersection = zeros.scatter_add(0, (offset + target).flatten(), both.flatten().long())
+    in_target = zeros.scatter_add(0, (offset + target).flatten(), target_band.flatten().long())
+    in_pred = zeros.scatter_add(0, (offset + preds).flatten(), pred_band.flatten().long())
+    shape = (preds.shape[0], num_classes)
+    return intersection.view(shape), (in_target + in_pred - intersection).view(shape)
+
+
 class BoundaryIoU(Metric):
     """Boundary IoU (Cheng et al., CVPR 2021) per class, accumulated over the evaluated set.
 
@@ -71,18 +92,9 @@ class BoundaryIoU(Metric):
 
     def update(self, preds: torch.Tensor, target: torch.Tensor) -> None:
         """Adds a batch of (B, H, W) predicted and target class indices."""
-        valid = target != self.ignore_index
-        target = torch.where(valid, target, 0)  # any class: these pixels are masked out below
-        target_band = boundary_band(target, valid, self.width)
-        pred_band = boundary_band(preds, valid, self.width)
-        both = target_band & pred_band & (preds == target)
-        # scatter_add with 0/1 weights instead of boolean indexing: no host-device sync.
-        zeros = torch.zeros_like(self.intersection)
-        intersection = zeros.scatter_add(0, target.flatten(), both.flatten().long())
-        in_target = zeros.scatter_add(0, target.flatten(), target_band.flatten().long())
-        in_pred = zeros.scatter_add(0, preds.flatten(), pred_band.flatten().long())
-        self.intersection += intersection
-        self.union += in_target + in_pred - intersection
+        intersection, union = per_image_boundary_counts(preds, target, self.num_classes, self.ignore_index, self.width)
+        self.intersection += intersection.sum(0)
+        self.union += union.sum(0)
 
     def compute(self) -> torch.Tensor:
         """Per-class boundary IoU; NaN for a class with no boundary pixel in target or prediction."""
@@ -132,6 +144,67 @@ def per_image_miou(preds: torch.Tensor, target: torch.Tensor, num_classes: int, 
     return per_class_scores(per_image_confusion(preds, target, num_classes, ignore_index))["iou"].nanmean(dim=-1)
 
 
+def batch_scores(
+    confusion: torch.Tensor,
+    mode: str = "multiclass",
+    ignore_index: int | None = None,
+    boundary_iou: torch.Tensor | None = None,
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """The contract's scores of a batch of confusion matrices (float64 tensors over its leading
+    dimensions): the means and the per-class scores. One place for every reader: the logged metrics
+    (``scores_from_confusion``, ``scores_from_presence``) and the report's resamples.
+
+    Args:
+        confusion: (..., C, C) pixel counts, rows target, columns prediction (``multiclass``), or
+            (..., K, 2, 2) presence counts (``binary``, ``multilabel``: ``PresenceConfusion``'s).
+        mode: ``data.mode``.
+        ignore_index: multiclass: a class index left out of the means (if it is one of the classes).
+        boundary_iou: optional (..., C) per-class boundary IoU (multiclass; ``BoundaryIoU``'s), or
+            (..., 2K) over ``boundary_planes`` (binary, multilabel: the odd entries count).
+
+    Returns:
+        ``({"miou", "dice", "pixel_acc"[, "boundary_iou"]}, per_class)``, ``per_class`` of (..., C)
+        scores of the classes that count: ``iou`` and ``dice`` (multiclass), also ``precision`` and
+        ``recall`` (binary, multilabel; the foreground's). A class absent from both target and
+        prediction has NaN scores and is left out of the means.
+    """
+    confusion = confusion.double()
+    if mode == "multiclass":
+        per_class = per_class_scores(confusion)
+        counted = torch.ones(confusion.shape[-1], dtype=torch.bool, device=confusion.device)
+        if ignore_index is not None and 0 <= ignore_index < len(counted):
+            counted[ignore_index] = False
+        per_class = {key: per_class[key][..., counted] for key in ("iou", "dice")}
+        right, total = confusion.diagonal(dim1=-2, dim2=-1).sum(-1), confusion.sum((-2, -1))
+        boundary = None if boundary_iou is None else boundary_iou.double()[..., counted]
+    else:  # each class a yes/no: its foreground's scores
+        per_class = {key: values[..., 1] for key, values in per_class_scores(confusion).items()}
+        right, total = confusion.diagonal(dim1=-2, dim2=-1).sum((-2, -1)), confusion.sum((-3, -2, -1))
+        boundary = None if boundary_iou is None else boundary_iou.double()[..., 1::2]
+    means = {
+        "miou": per_class["iou"].nanmean(-1),
+        "dice": per_class["dice"].nanmean(-1),
+        "pixel_acc": torch.where(total > 0, right / total.clamp(min=1), math.nan),
+    }
+    if boundary is not None:
+        means["boundary_iou"] = boundary.nanmean(-1)
+    return means, per_class
+
+
+def _named_scores(
+    means: dict[str, torch.Tensor], per_class: dict[str, torch.Tensor], class_names: Sequence[str]
+) -> dict[str, float]:
+    scores = {key: value.item() for key, value in means.items()}
+    for score, values in per_class.items():
+        scores |= {f"{score}/{name}": value for name, value in zip(class_names, values.tolist(), strict=True)}
+    return scores
+
+
+def counted_class_names(class_names: Sequence[str], ignore_index: int | None) -> list[str]:
+    """The names of the classes a multiclass task's means count: ``ignore_index`` left out."""
+    return [name for index, name in enumerate(class_names) if index != ignore_index]
+
+
 def scores_from_confusion(
     confusion: torch.Tensor,
     class_names: Sequence[str],
@@ -151,25 +224,21 @@ def scores_from_confusion(
         (its class mean) when given. A class absent from both target and prediction has NaN scores
         and is left out of the means.
     """
-    confusion = confusion.double()
-    per_class = per_class_scores(confusion)
-    iou, dice = per_class["iou"], per_class["dice"]
-    counted = torch.ones_like(iou, dtype=torch.bool)
-    if ignore_index is not None and 0 <= ignore_index < len(class_names):
-        counted[ignore_index] = False
-    total = confusion.sum()
-    scores = {
-        "miou": iou[counted].nanmean().item(),
-        "dice": dice[counted].nanmean().item(),
-        "pixel_acc": (confusion.diag().sum() / total).item() if total > 0 else math.nan,
-    }
-    if boundary_iou is not None:
-        scores["boundary_iou"] = boundary_iou.double()[counted].nanmean().item()
-    for index, name in enumerate(class_names):
-        if counted[index]:
-            scores[f"iou/{name}"] = iou[index].item()
-            scores[f"dice/{name}"] = dice[index].item()
-    return scores
+    means, per_class = batch_scores(confusion, "multiclass", ignore_index, boundary_iou)
+    return _named_scores(means, per_class, counted_class_names(class_names, ignore_index))
+
+
+def per_image_presence_confusion(preds: torch.Tensor, target: torch.Tensor, ignore_index: int) -> torch.Tensor:
+    """(N, K, 2, 2) presence confusion of each of N images (``PresenceConfusion``'s), from (N, K, H, W)
+    0/1 predictions and targets (``presence_planes``)."""
+    n, k = target.shape[:2]
+    valid = target != ignore_index
+    cell = torch.arange(n * k, device=preds.device).view(n, k, 1, 1) * 4
+    index = cell + target.clamp(0, 1) * 2 + preds.long()
+    # scatter_add with 0/1 weights instead of boolean indexing: no host-device sync.
+    counts = torch.zeros(n * k * 4, dtype=torch.long, device=preds.device)
+    counts.scatter_add_(0, index.flatten(), valid.flatten().long())
+    return counts.view(n, k, 2, 2)
 
 
 class PresenceConfusion(Metric):
@@ -190,13 +259,7 @@ class PresenceConfusion(Metric):
 
     def update(self, preds: torch.Tensor, target: torch.Tensor) -> None:
         """Adds (N, K, H, W) 0/1 predictions and targets (``presence_planes``)."""
-        valid = target != self.ignore_index
-        plane = torch.arange(self.num_classes, device=preds.device).view(1, -1, 1, 1)
-        index = plane * 4 + target.clamp(0, 1) * 2 + preds.long()
-        # scatter_add with 0/1 weights instead of boolean indexing: no host-device sync.
-        counts = torch.zeros(self.num_classes * 4, dtype=torch.long, device=preds.device)
-        counts.scatter_add_(0, index.flatten(), valid.flatten().long())
-        self.confusion += counts.view(self.num_classes, 2, 2)
+        self.confusion += per_image_presence_confusion(preds, target, self.ignore_index).sum(0)
 
     def compute(self) -> torch.Tensor:
         return self.confusion
@@ -228,20 +291,8 @@ def scores_from_presence(
         ``dice/<name>``, ``precision/<name>``, ``recall/<name>``, and ``boundary_iou`` (the class
         mean of the odd entries of a ``BoundaryIoU`` over ``boundary_planes``) when given.
     """
-    per_class = {name: values[:, 1] for name, values in per_class_scores(confusion).items()}
-    total = confusion.sum()
-    right = confusion.diagonal(dim1=-2, dim2=-1).sum()
-    scores = {
-        "miou": per_class["iou"].nanmean().item(),
-        "dice": per_class["dice"].nanmean().item(),
-        "pixel_acc": (right.double() / total).item() if total > 0 else math.nan,
-    }
-    if boundary_iou is not None:
-        scores["boundary_iou"] = boundary_iou.double()[1::2].nanmean().item()
-    for index, name in enumerate(class_names):
-        for score in ("iou", "dice", "precision", "recall"):
-            scores[f"{score}/{name}"] = per_class[score][index].item()
-    return scores
+    means, per_class = batch_scores(confusion, "multilabel", boundary_iou=boundary_iou)
+    return _named_scores(means, per_class, class_names)
 
 
 def per_image_presence_iou(preds: torch.Tensor, target: torch.Tensor, ignore_index: int) -> torch.Tensor:

@@ -29,11 +29,15 @@ from semseg.task.metrics import (
     PresenceConfusion,
     boundary_planes,
     confusion_matrix_metric,
+    per_image_boundary_counts,
+    per_image_confusion,
+    per_image_presence_confusion,
     presence_planes,
     scores_from_confusion,
     scores_from_presence,
 )
 from semseg.task.param_groups import FineTuning, legacy_grouping, logged_learning_rates, parameter_groups
+from semseg.task.per_image import PerImageRecorder
 from semseg.task.schedulers import build_scheduler
 
 EVAL_STAGES = ("val", "test")
@@ -135,6 +139,10 @@ class SegmentationModule(L.LightningModule):
         # step waits for the GPU; read every log_every_n_steps and before any checkpoint is saved.
         self.register_buffer("_nonfinite_losses", torch.zeros((), dtype=torch.long), persistent=False)
         self.last_confusion: dict[str, torch.Tensor] = {}  # of the latest val/test epoch, for pictures
+        # Per-image records (semseg.task.per_image) of val and test while record_per_image is on:
+        # the final scoring of a run, or eval.py; ``per_image_results`` holds each stage's latest.
+        self._recorders: dict[str, PerImageRecorder] | None = None
+        self.per_image_results: dict[str, tuple] = {}
 
     def configure_model(self) -> None:
         """Compiles the network when ``model.compile`` asks (Lightning calls this before each stage).
@@ -262,8 +270,31 @@ class SegmentationModule(L.LightningModule):
             else:
                 self.confusion[stage].update(*presence_planes(preds, masks))
                 self.boundary[stage].update(*boundary_planes(preds, masks, self.hparams.ignore_index))
+            if self._recorders is not None:
+                self._record_per_image(stage, batch["name"], preds, masks)
             return total, preds
         return total, None
+
+    def record_per_image(self, on: bool = True) -> None:
+        """Turns the per-image records of the val and test stages on (each epoch's land in
+        ``per_image_results``) or off. Off in training's epochs: recording copies every batch's
+        matrices to the host."""
+        self._recorders = {stage: PerImageRecorder() for stage in EVAL_STAGES} if on else None
+
+    def _record_per_image(self, stage: str, names: list[str], preds: torch.Tensor, masks: torch.Tensor) -> None:
+        ignore_index, width = self.hparams.ignore_index, self.hparams.boundary_width
+        if self.mode == MULTICLASS:
+            classes = self.hparams.num_classes
+            confusion = per_image_confusion(preds, masks, classes, ignore_index)
+            counts = per_image_boundary_counts(preds, masks, classes, ignore_index, width)
+        else:
+            confusion = per_image_presence_confusion(*presence_planes(preds, masks), ignore_index)
+            # boundary_planes makes each class plane an image: its counts are summed back per image.
+            plane_preds, plane_labels = boundary_planes(preds, masks, ignore_index)
+            planes = 2 * confusion.shape[1]
+            counts = per_image_boundary_counts(plane_preds, plane_labels, planes, -1, width)
+            counts = tuple(c.view(len(names), -1, planes).sum(1) for c in counts)
+        self._recorders[stage].add(names, confusion, *counts)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         rates = logged_learning_rates(self.optimizers().param_groups)  # train/lr, train/lr_encoder
@@ -310,6 +341,9 @@ class SegmentationModule(L.LightningModule):
             scores = scores_from_presence(self.last_confusion[stage], self.hparams.class_names, boundary.compute())
         confusion.reset()
         boundary.reset()
+        if self._recorders is not None:
+            self.per_image_results[stage] = self._recorders[stage].arrays()
+            self._recorders[stage] = PerImageRecorder()
         # Absent classes (NaN) are not logged: they have no score, and a NaN would poison charts.
         # No sync_dist: compute() already summed the confusion matrix over the DDP ranks.
         self.log_dict({f"{stage}/{k}": v for k, v in scores.items() if not math.isnan(v)})

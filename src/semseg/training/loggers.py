@@ -3,6 +3,7 @@ TensorBoard, MLflow, or several at once; what each gets beyond Lightning's metri
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Mapping
 from numbers import Real
@@ -21,9 +22,11 @@ from semseg.errors import ConfigError
 from semseg.extras import CHOICES, require_extra
 from semseg.training.distributed import in_multirun
 from semseg.training.mlflow_run import local_store, quiet_mlflow
+from semseg.training.mlflow_sweep import SWEEP_TAG, sweep_parent_run
 
 log = logging.getLogger(__name__)
 
+MAX_GROUP_CHARS = 128  # the longest W&B group name
 # Where a checkpoint keeps the runs of its loggers, which resuming it continues.
 RUN_ID_KEYS = {"wandb": "wandb_run_id", "mlflow": "mlflow_run_id"}
 # The short names of the loggers semseg knows (conf/logger/<name>.yaml), by Lightning class.
@@ -38,28 +41,39 @@ LOGGER_NAMES = {
 
 
 def run_identity(cfg: DictConfig) -> dict[str, Any]:
-    """W&B ``name``, ``group`` and ``tags`` of a run, from its config choices (MLflow's run name and
-    tags too).
+    """W&B ``name``, ``group``, ``job_type`` and ``tags`` of a run, from its config choices and
+    overrides (MLflow's run name and tags too).
 
-    name: ``<model>-<loss>-s<seed>`` (``unet-ce_dice-s0``); group: the experiment preset, else the
-    sweep folder of a multirun (so a sweep's runs sit together, each its own run), else none;
+    name: ``<model>-<loss>-s<seed>`` (``unet-ce_dice-s0``); group: the command line's overrides
+    without the seed (``experiment=camvid_losses loss=dice``; ``defaults`` for none), so that the
+    seeds of one configuration are one group, whose mean and spread W&B draws; job_type: ``train``;
     tags: ``model:<m>``, ``loss:<l>``, ``data:<d>`` (the data config, or the folder's name for data=folder).
     """
-    choices = HydraConfig.get().runtime.choices if HydraConfig.initialized() else {}
+    hydra = HydraConfig.get() if HydraConfig.initialized() else None
+    choices = hydra.runtime.choices if hydra else {}
     model = choices.get("model") or cfg.model.get("arch", "model")
     if model == "fcn" or cfg.model.get("arch") == "fcn":
         model = f"fcn{cfg.model.get('variant', '')}"
     loss = choices.get("loss") or "+".join(cfg.loss.terms)
     # data=folder (the default) is any folder: its own name says which.
     data = choices.get("data") if choices.get("data") not in (None, "folder") else Path(str(cfg.data.root)).name
-    group = choices.get("experiment")
-    if group in (None, "null") and in_multirun():
-        group = Path(HydraConfig.get().sweep.dir).name
     return {
         "name": f"{model}-{loss}-s{cfg.seed}",
-        "group": None if group in (None, "null") else str(group),
+        "group": seedless_group(list(hydra.overrides.task) if hydra else []),
+        "job_type": "train",
         "tags": [f"model:{model}", f"loss:{loss}", f"data:{data}"],
     }
+
+
+def seedless_group(overrides: list[str]) -> str:
+    """A run's group: its overrides without ``seed=`` (and ``seeds=``, ``hydra.*``), at most
+    ``MAX_GROUP_CHARS`` (W&B's limit; a longer one is cut and made unique by a digest)."""
+    kept = [o for o in overrides if not o.lstrip("+~").startswith(("seed=", "seeds=", "hydra."))]
+    group = " ".join(kept) or "defaults"
+    if len(group) > MAX_GROUP_CHARS:
+        digest = hashlib.sha1(group.encode()).hexdigest()[:8]
+        group = f"{group[: MAX_GROUP_CHARS - 10]}… {digest}"
+    return group
 
 
 def logger_configs(cfg: Mapping) -> dict[str, dict]:
@@ -152,12 +166,19 @@ def _mlflow_config(config: dict, identity: Mapping[str, Any], resume_id: str | N
     if not config.get("run_name"):
         config["run_name"] = identity.get("name")
     config["tags"] = {**_mlflow_tags(identity), **(config.get("tags") or {})}
+    tracking_uri, artifacts = config.get("tracking_uri"), config.get("artifact_location")
+    if not tracking_uri:
+        tracking_uri, local_artifacts = local_store(config.get("save_dir"))
+        artifacts = artifacts or local_artifacts
     if resume_id and config["_target_"].endswith("MLflowRunLogger"):
-        tracking_uri = config.get("tracking_uri") or local_store(config.get("save_dir"))[0]
         if _mlflow_run_exists(tracking_uri, resume_id):
             config["run_id"] = resume_id
-        else:
-            log.info(f"MLflow run {resume_id} of the checkpoint is not in {tracking_uri}: starting a new run")
+            return config
+        log.info(f"MLflow run {resume_id} of the checkpoint is not in {tracking_uri}: starting a new run")
+    if in_multirun() and rank_zero_only.rank == 0:  # the jobs of a sweep under one parent run
+        sweep_dir = Path(HydraConfig.get().sweep.dir)
+        parent = sweep_parent_run(tracking_uri, config.get("experiment_name") or "semseg", artifacts, sweep_dir)
+        config["tags"] |= {"mlflow.parentRunId": parent, SWEEP_TAG: str(sweep_dir.resolve())}
     return config
 
 

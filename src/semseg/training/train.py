@@ -26,6 +26,7 @@ from semseg.models import count_gflops, count_parameters
 from semseg.reporting.console import training_summary
 from semseg.run_folder import RunFolder, checkpoint_epoch
 from semseg.task.module import SegmentationModule
+from semseg.task.per_image import write_per_image_scores
 from semseg.trainer_defaults import check_gpus_exist, refuse_spawned_ranks, slurm_plugins, trainer_kwargs
 from semseg.training.checkpoints import CheckpointBeside, build_callbacks, resume_checkpoint
 from semseg.training.distributed import in_multirun, ranks_run_this_job
@@ -187,6 +188,7 @@ def _fit_and_evaluate(
     checkpoint = next((c for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint) and c.monitor), None)
     best = checkpoint.best_model_path if checkpoint and checkpoint.best_model_path else None
     metrics: dict[str, float | str] = {}
+    module.record_per_image()  # the scored images' confusion matrices, for report.py's intervals
     if best is None:
         # Validation was off (limit_val_batches=0, or check_val_every_n_epoch beyond max_epochs):
         # no best checkpoint exists, and the final weights are the result. Lightning saves the
@@ -206,4 +208,9 @@ def _fit_and_evaluate(
     if cfg.get("run_test", True) and datamodule.has_test_split:
         tested = trainer.test(module, datamodule=datamodule, ckpt_path=best, weights_only=True)
         metrics.update({k: float(v) for k, v in tested[0].items()})
+    if rank_zero_only.rank == 0 and module.per_image_results:
+        hparams = module.hparams
+        write_per_image_scores(
+            run.per_image_scores, module.per_image_results, hparams.class_names, hparams.ignore_index, module.mode
+        )
     return metrics, run_info
