@@ -8,7 +8,7 @@ read it), their namesakes save it; titles say the split, checkpoint and epoch sh
 from __future__ import annotations
 
 import textwrap
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,33 +22,52 @@ from semseg.data.palette import to_display
 from semseg.inference.checkpoint import load_module
 from semseg.inference.tiling import predict_logits
 from semseg.reporting.captions import example_names, picture_title
+from semseg.reporting.intervals import CONFIDENCE
 from semseg.reporting.leaderboard import Row, Run
 from semseg.reporting.run_pictures import TITLE_PT, Classes, image_grid, save_figure
+from semseg.reporting.tables import interval_of
 from semseg.run_folder import RunFolder, checkpoint_epoch
 from semseg.task.module import SegmentationModule
 
 
-def bar_chart(rows: Sequence[Row], path: Path, metrics: Sequence[str] = ("val/miou", "test/miou")) -> None:
+def bar_chart(
+    rows: Sequence[Row], path: Path, metrics: Sequence[str] = ("val/miou", "test/miou"), samples: Mapping | None = None
+) -> None:
     """Writes ``bar_chart_figure``."""
-    save_figure(bar_chart_figure(rows, metrics), path)
+    save_figure(bar_chart_figure(rows, metrics, samples), path)
 
 
-def bar_chart_figure(rows: Sequence[Row], metrics: Sequence[str] = ("val/miou", "test/miou")) -> Figure:
-    """Horizontal bars of each row's mean score, with the standard deviation across seeds; each row
-    says the epoch of its runs' checkpoint."""
+def bar_chart_figure(
+    rows: Sequence[Row], metrics: Sequence[str] = ("val/miou", "test/miou"), samples: Mapping | None = None
+) -> Figure:
+    """Horizontal bars of each row's mean score, with its 95% interval where ``samples`` (the
+    report's ``SplitSamples`` by split) hold the row's per-image scores, else the standard deviation
+    across seeds; each row says the epoch of its runs' checkpoint."""
     metrics = [m for m in metrics if any(row.values(m) for row in rows)]
     fig, ax = plt.subplots(figsize=(7, 1.2 + 0.45 * len(rows) * len(metrics)), layout="constrained")
     height = 0.8 / max(len(metrics), 1)
     positions = np.arange(len(rows))
+    spreads = set()
     for i, metric in enumerate(metrics):
-        stats = [row.mean_std(metric) for row in rows]
-        means = [mean or 0.0 for mean, _ in stats]
-        errors = [std or 0.0 for _, std in stats]
-        ax.barh(positions + i * height, means, height, xerr=errors, label=metric, capsize=3)
+        means, below, above = [], [], []
+        for row in rows:
+            interval = interval_of(row, metric, samples or {})
+            if interval is not None:
+                means.append(interval.mean)
+                below.append(interval.mean - interval.low)
+                above.append(interval.high - interval.mean)
+                spreads.add(f"{CONFIDENCE:.0%} interval")
+            else:
+                mean, std = row.mean_std(metric)
+                means.append(mean or 0.0)
+                below.append(std or 0.0)
+                above.append(std or 0.0)
+                spreads.add("std across seeds")
+        ax.barh(positions + i * height, means, height, xerr=[below, above], label=metric, capsize=3)
     ax.set_yticks(positions + height * (len(metrics) - 1) / 2, [_row_label(row) for row in rows])
     ax.invert_yaxis()  # the best row on top, as in the table
     ax.set_xlim(0, 1)
-    ax.set_xlabel("score (mean ± std across seeds)")
+    ax.set_xlabel(f"score (mean, {' or '.join(sorted(spreads)) or 'std across seeds'})")
     fig.legend(loc="outside right upper", frameon=False)  # beside the bars: a long bar runs under an inside one
     splits = " and ".join(dict.fromkeys(m.split("/")[0] for m in metrics)) or "no scores"
     # metrics.json says "checkpoint": "last" when validation was off: the final weights were scored.

@@ -112,11 +112,16 @@ def leaderboard(runs: Sequence[Run], sort_by: str = "val/miou") -> list[Row]:
 
 
 def metric_columns(runs: Sequence[Run]) -> tuple[list[str], dict[str, list[str]]]:
-    """The headline metrics where some run has a value, and each split's per-class IoU keys (in the
-    runs' class order)."""
+    """The headline metrics where some run has a value, and each split's per-class IoU keys, in the
+    classes' order (the per-image scores'; metrics.json's keys are sorted by name)."""
     present = [key for run in runs for key, value in run.metrics.items() if value is not None]
     per_class: dict[str, list[str]] = {}
     for key in dict.fromkeys(present):
         if "/iou/" in key:
             per_class.setdefault(key.split("/", 1)[0], []).append(key)
+    scored = [scores for run in runs for scores in (run.per_image or {}).values()]
+    if scored:
+        order = {name: index for index, name in enumerate(scored[0].scored_class_names())}
+        for keys in per_class.values():
+            keys.sort(key=lambda key: order.get(key.split("/iou/", 1)[1], len(order)))
     return [k for k in HEADLINE if k in present], per_class

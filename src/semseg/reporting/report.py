@@ -111,7 +111,7 @@ def write_report(
         output / "leaderboard.csv", rows, headline + [k for c in per_class.values() for k in c], samples
     )
     write_comparisons_csv(output / "comparisons.csv", versus_best + extra_pairs)
-    bar_chart(rows, output / "leaderboard.png")
+    bar_chart(rows, output / "leaderboard.png", samples=samples)
     chosen = pairs[0] if pairs else next((c for c in versus_best if c.split == sort.split("/")[0]), None)
     comparisons_plot(versus_best, chosen, output / "comparisons.png")
     picture_notes = prediction_grid(runs, output / "predictions.png", images) if pictures else []
