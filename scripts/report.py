@@ -19,7 +19,6 @@ from pathlib import Path
 
 from semseg.cli import exit_on_user_error
 from semseg.reporting.intervals import RESAMPLES  # light: NumPy only
-from semseg.reporting.report import write_report  # light: it loads matplotlib and torch when it draws
 
 
 # argparse, not @hydra.main: it reads finished run folders (each with its own saved config) rather
@@ -42,6 +41,9 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=4, help="validation images in predictions.png (default 4)")
     parser.add_argument("--no-pictures", action="store_true", help="skip predictions.png (loads every checkpoint)")
     args = parser.parse_args()
+    # After the command line: the runs' scores are read with torch (--help need not wait for it).
+    from semseg.reporting.report import write_report
+
     print(
         write_report(
             args.folder, args.sort, args.output, args.images, not args.no_pictures, args.compare, args.resamples

@@ -73,7 +73,8 @@ def test_the_camvid_comparisons_sweep_what_the_docs_say(preset: str):
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose(config_name="train", overrides=[f"experiment={preset}"], return_hydra_config=True)
     swept = dict(cfg.hydra.sweeper.params)
-    assert swept.pop("seed") == "0,1" and len(swept) == 1
+    assert cfg.seeds == 3 and len(swept) == 1  # each option over three seeds (RepeatOverSeeds)
+    assert cfg.data.split_files.test.endswith("splits/camvid_dev/test.csv")  # a training sequence held out
     assert list(cfg.data.image_size) == [144, 192] and cfg.trainer.max_epochs == 3
     for option in next(iter(swept.values())).split(","):  # every swept option composes
         compose_cfg([f"experiment={preset}", f"{next(iter(swept))}={option}"])

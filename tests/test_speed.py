@@ -51,7 +51,9 @@ class SyncsPerStep(L.Callback):
         self.batch = ("train", batch_idx)
 
     def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
-        self.batch = ("val", batch_idx)
+        # The epochs' validation only: the final scoring of the best checkpoint (trainer.validate)
+        # copies each image's confusion matrix to the host once, for report.py's intervals.
+        self.batch = ("val", batch_idx) if trainer.state.fn == "fit" else None
 
     def on_validation_epoch_end(self, trainer, pl_module) -> None:
         self.batch = None  # (callbacks' epoch-end hooks run before the module's metric computation)

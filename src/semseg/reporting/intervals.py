@@ -26,10 +26,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from semseg.task.per_image import PerImageScores
+if TYPE_CHECKING:  # NumPy only here: report.py's command line is read before torch loads
+    from semseg.task.per_image import PerImageScores
 
 RESAMPLES = 2000
 CONFIDENCE = 0.95
