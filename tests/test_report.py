@@ -128,3 +128,11 @@ def test_the_prediction_grid_names_the_classes_and_each_runs_checkpoint(trained_
     epoch = checkpoint_epoch(trained_run / "checkpoints" / "best.ckpt")
     assert_readable(fig, f"val, epoch {epoch}, best.ckpt", ["background", "disk", "square", "triangle", "speck"])
     assert fig.axes[2].get_title() == f"defaults\nbest.ckpt, epoch {epoch}"  # the run's column
+
+
+def test_runs_come_in_job_order_and_seeds_in_order(tmp_path: Path):
+    for job in range(12):  # a sweep of 12 jobs: 10 and 11 after 2, not before it
+        fake_run(tmp_path / str(job), "ce", job, 0.5)
+    runs = find_runs(tmp_path)
+    assert [run.folder.name for run in runs] == [str(job) for job in range(12)]
+    assert [run.seed for run in leaderboard(runs)[0].runs] == list(range(12))

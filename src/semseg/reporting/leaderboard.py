@@ -73,11 +73,16 @@ def _read_yaml(path: Path) -> object:
     return yaml.safe_load(path.read_text()) if path.is_file() else None
 
 
+def _folder_order(path: Path) -> tuple:
+    """Sweep folders in job order: ``2`` before ``10`` (numbers as numbers, names as names)."""
+    return tuple((0, int(part), "") if part.isdigit() else (1, 0, part) for part in path.parts)
+
+
 def find_runs(folder: str | Path) -> list[Run]:
     """Every run under ``folder`` (itself included), in folder order."""
     folder = Path(folder)
     runs = []
-    for metrics_path in sorted(folder.rglob(METRICS_FILE)):
+    for metrics_path in sorted(folder.rglob(METRICS_FILE), key=_folder_order):
         run_dir = metrics_path.parent
         hydra = _read_yaml(run_dir / ".hydra" / "hydra.yaml") or {}
         config = _read_yaml(RunFolder(run_dir).hydra_config) or {}
