@@ -11,97 +11,59 @@ import sys
 from pathlib import Path
 
 import cv2
+import torch
 import yaml
+from hydra import compose, initialize_config_dir
 
-from semseg.reporting.leaderboard import find_runs, leaderboard
 from semseg.reporting.report import write_report
 from tests import wandb_records
+from tests.conftest import CONF_DIR
 from tests.sweeps import ROOT, run_sweep
 
 
-def test_compare_losses_runs_one_job_per_loss(tiny_root: Path, tmp_path: Path):
-    sweep = tmp_path / "sweep"
-    result = run_sweep(sweep, tiny_root, ["experiment=compare_losses"], "trainer.limit_train_batches=1")
-    assert result.returncode == 0, result.stderr[-3000:]
-    jobs = sorted(p for p in sweep.iterdir() if p.is_dir())
-    losses = []
-    for job in jobs:
-        overrides = yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text())
-        losses += [o.split("=", 1)[1] for o in overrides if o.startswith("loss=")]
-        metrics = json.loads((job / "metrics.json").read_text())
-        assert 0.0 <= metrics["val/miou"] <= 1.0 and "test/pixel_acc" in metrics
-    assert losses == ["ce", "wce", "dice", "ce_dice"]
-    wce = json.loads((jobs[1] / "data_report.json").read_text())
-    saved = yaml.safe_load((jobs[1] / "csv" / "hparams.yaml").read_text())
-    assert saved["class_weights"] == wce["suggested_class_weights"]["median_frequency"]
-
-    rows = leaderboard(find_runs(sweep))
-    assert sorted(row.name for row in rows) == sorted(f"loss={loss}" for loss in losses)
-
-    # The leaderboard with its pictures, from the finished runs alone.
-    compare = ["--compare", "loss=ce", "loss=dice"]
-    report = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "report.py"), str(sweep), "--images", "3", *compare],
-        capture_output=True,
-        text=True,
-    )
-    assert report.returncode == 0, report.stderr[-3000:]
-    assert "4 runs in 4 rows" in report.stdout and "left out" not in report.stdout
-    grid = cv2.imread(str(sweep / "predictions.png"))
-    assert grid.shape[1] == round(2.2 * (2 + 4) * 100)  # image, ground truth and 4 runs side by side
-    assert cv2.imread(str(sweep / "leaderboard.png")) is not None
-
-    # Intervals and paired comparisons from the per-image scores alone: no checkpoint needed.
-    for checkpoints in sweep.glob("*/checkpoints"):
-        shutil.rmtree(checkpoints)
-    (sweep / "comparisons.csv").unlink()
-    write_report(sweep, pictures=False, compare_specs=[("loss=ce", "loss=dice")], resamples=500)
-    markdown = (sweep / "leaderboard.md").read_text()
-    assert "## loss=ce against loss=dice (val)" in markdown and "## loss=ce against loss=dice (test)" in markdown
-    assert "the interval is the images' chance only" in markdown  # one seed a loss: said so
-    with open(sweep / "comparisons.csv") as f:
-        verdicts = {
-            (line["split"], line["run"], line["against"], line["metric"]): line["verdict"] for line in csv.DictReader(f)
-        }
-    assert ("val", "loss=ce", "loss=dice", "miou") in verdicts and (
-        "test",
-        "loss=ce",
-        "loss=dice",
-        "iou/speck",
-    ) in verdicts
+def test_compare_losses_sweeps_the_four_losses():
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=["experiment=compare_losses"], return_hydra_config=True)
+    assert cfg.hydra.sweeper.params.loss == "ce,wce,dice,ce_dice" and cfg.data.root == "data/synthetic"
 
 
-def test_seeds_repeat_each_job_grouped_in_wandb_and_under_one_mlflow_parent(tiny_root: Path, tmp_path: Path):
+def test_a_seeded_sweep_is_grouped_in_the_loggers_reported_and_compared(tiny_root: Path, tmp_path: Path):
+    """One sweep (two losses x seeds=2, as experiment=compare_losses runs them) checked end to end:
+    its jobs, W&B groups and MLflow parent run, and report.py's leaderboard and comparisons."""
     from mlflow.tracking import MlflowClient
 
     sweep, store = tmp_path / "sweep", tmp_path / "mlruns"
     result = run_sweep(
         sweep,
         tiny_root,
-        ["loss=ce,dice", "seeds=2"],
+        ["experiment=compare_losses", "loss=ce,wce", "seeds=2"],
         "logger=wandb",
         "+logger@logger.mlflow=mlflow",
         f"logger.mlflow.save_dir={store}",
         "trainer.limit_train_batches=1",
-        "run_test=false",
         WANDB_MODE="offline",
         WANDB_DIR=str(tmp_path),
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    jobs = sorted(p for p in sweep.iterdir() if p.is_dir())
+    jobs = sorted((p for p in sweep.iterdir() if p.is_dir()), key=lambda p: int(p.name))
     assert len(jobs) == 4  # two losses x seeds=2, without seed=0,1 on the command line
     runs = {}
     for job in jobs:
         config = yaml.safe_load((job / ".hydra" / "config.yaml").read_text())
+        metrics = json.loads((job / "metrics.json").read_text())
+        assert 0.0 <= metrics["val/miou"] <= 1.0 and "test/pixel_acc" in metrics
         (folder,) = (job / "wandb").glob("offline-run-*")
         run = next(r.run for r in wandb_records.records(next(folder.glob("*.wandb"))) if r.HasField("run"))
         loss = yaml.safe_load((job / ".hydra" / "hydra.yaml").read_text())["hydra"]["runtime"]["choices"]["loss"]
         runs[(loss, config["seed"])] = run
         assert run.display_name == f"unet-{loss}-s{config['seed']}" and f"loss:{loss}" in run.tags
         assert run.job_type == "train"
-    assert set(runs) == {("ce", 0), ("ce", 1), ("dice", 0), ("dice", 1)}
+    assert list(runs) == [("ce", 0), ("wce", 0), ("ce", 1), ("wce", 1)]  # every loss's first seed first
+    wce = json.loads((jobs[1] / "data_report.json").read_text())
+    saved = torch.load(jobs[1] / "checkpoints" / "best.ckpt", weights_only=True)["hyper_parameters"]
+    assert saved["class_weights"] == wce["suggested_class_weights"]["median_frequency"]
     # A group per configuration, its seeds together: W&B draws their mean and spread.
-    assert runs[("ce", 0)].run_group == runs[("ce", 1)].run_group != runs[("dice", 0)].run_group
+    assert runs[("ce", 0)].run_group == runs[("ce", 1)].run_group != runs[("wce", 0)].run_group
     assert "loss=ce" in runs[("ce", 0)].run_group and "seed" not in runs[("ce", 0)].run_group
     assert len({run.run_id for run in runs.values()}) == 4
 
@@ -114,7 +76,35 @@ def test_seeds_repeat_each_job_grouped_in_wandb_and_under_one_mlflow_parent(tiny
     assert len(children) == 4 and parent.info.status == "FINISHED"
     assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parent.info.run_id}
     groups = {r.info.run_name: r.data.tags["group"] for r in children}
-    assert groups["unet-ce-s0"] == groups["unet-ce-s1"] == runs[("ce", 0)].run_group != groups["unet-dice-s0"]
+    assert groups["unet-ce-s0"] == groups["unet-ce-s1"] == runs[("ce", 0)].run_group != groups["unet-wce-s0"]
+
+    # The leaderboard with its pictures and a comparison, from the finished runs alone.
+    compared = ["--compare", "loss=ce", "loss=wce"]
+    report = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "report.py"), str(sweep), "--images", "3", *compared],
+        capture_output=True,
+        text=True,
+    )
+    assert report.returncode == 0, report.stderr[-3000:]
+    assert "4 runs in 2 rows" in report.stdout and "left out" not in report.stdout
+    grid = cv2.imread(str(sweep / "predictions.png"))
+    assert grid.shape[1] == round(2.2 * (2 + 4) * 100)  # image, ground truth and 4 runs side by side
+    assert (
+        cv2.imread(str(sweep / "leaderboard.png")) is not None
+        and cv2.imread(str(sweep / "comparisons.png")) is not None
+    )
+
+    # Intervals and paired comparisons from the per-image scores alone: no checkpoint needed.
+    for checkpoints in sweep.glob("*/checkpoints"):
+        shutil.rmtree(checkpoints)
+    (sweep / "comparisons.csv").unlink()
+    write_report(sweep, pictures=False, compare_specs=[("loss=ce", "loss=wce")], resamples=500)
+    markdown = (sweep / "leaderboard.md").read_text()
+    assert "## loss=ce against loss=wce (val)" in markdown and "## loss=ce against loss=wce (test)" in markdown
+    assert "| 0,1 | 4 / 4 |" in markdown and "images' chance only" not in markdown  # two seeds, 4 images a split
+    with open(sweep / "comparisons.csv") as f:
+        metrics = {(line["split"], line["run"], line["against"], line["metric"]) for line in csv.DictReader(f)}
+    assert ("val", "loss=ce", "loss=wce", "miou") in metrics and ("test", "loss=ce", "loss=wce", "iou/speck") in metrics
 
 
 def test_a_failing_job_does_not_stop_the_multirun_and_is_reported_at_the_end(tiny_root: Path, tmp_path: Path):

@@ -131,21 +131,21 @@ def seed_values(seed: int, seeds: object) -> str:
 class RepeatOverSeeds(Callback):
     """``-m ... seeds=3``: every job of the sweep over 3 seeds, from ``seed`` on.
 
-    Adds ``seed=range(<seed>,<seed + seeds>)`` as the sweep's first axis (so the first seed of every
-    configuration runs before the second of any) to the overrides Hydra's basic sweeper expands,
-    before the sweeper reads them. A ``seed=`` on the command line or in ``hydra.sweeper.params``
-    wins; other sweepers (``hparams_search=optuna``) are left alone, and refuse ``seeds`` themselves.
+    Puts ``seed: range(<seed>,<seed + seeds>)`` first among the parameters Hydra's basic sweeper
+    expands (``hydra.sweeper.params``), before the sweeper reads them: the seed is the sweep's
+    outermost axis, so the first seed of every configuration runs before the second of any. A
+    ``seed=`` on the command line or in ``hydra.sweeper.params`` wins; other sweepers
+    (``hparams_search=optuna``) are left alone, and refuse ``seeds`` themselves.
     """
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        seeds = config.get("seeds")
-        if seeds in (None, 1) or not str(config.hydra.sweeper.get("_target_", "")).endswith(".BasicSweeper"):
+        seeds, sweeper = config.get("seeds"), config.hydra.sweeper
+        if seeds in (None, 1) or not str(sweeper.get("_target_", "")).endswith(".BasicSweeper"):
             return
         with config_errors_in_one_line():
             values = seed_values(config.seed, seeds)
-        overrides = config.hydra.overrides.task
-        swept = {str(key) for key in (config.hydra.sweeper.get("params") or {})}
-        if "seed" in swept or any(o.split("=", 1)[0].lstrip("+~") == "seed" for o in overrides):
+        params = dict(sweeper.get("params") or {})
+        if "seed" in params or any(o.split("=", 1)[0].lstrip("+~") == "seed" for o in config.hydra.overrides.task):
             return
         with read_write(config), open_dict(config):
-            overrides.insert(0, f"seed={values}")
+            sweeper.params = {"seed": values, **params}
