@@ -14,7 +14,7 @@ import yaml
 
 from semseg.errors import DataError
 from semseg.reporting.comparisons import compare, named_row, split_samples
-from semseg.reporting.intervals import BETTER, UNDECIDED, WORSE, Resampler, row_samples
+from semseg.reporting.intervals import ABSENT, BETTER, UNDECIDED, WORSE, Resampler, row_samples
 from semseg.reporting.leaderboard import find_runs, leaderboard
 from semseg.reporting.report import write_report
 from semseg.run_folder import RunFolder
@@ -174,3 +174,16 @@ def test_rows_without_per_image_scores_keep_their_spread_and_say_why(tmp_path: P
     assert "loss=ce" not in samples.samples and "no per_image_scores.npz" in samples.missing["loss=ce"]
     with pytest.raises(DataError, match=r'--compare "loss=focal" names no row: give one of "loss=wce"; "loss=ce"'):
         named_row(rows, "loss=focal")
+
+
+def test_a_class_neither_side_has_gets_no_verdict():
+    rng = np.random.default_rng(0)
+    names, confusion, boundary = records(0.8, rng)
+    confusion[:, 2, :] = 0  # no pole in any target...
+    confusion[:, :, 2] = 0  # ...nor in any prediction
+    scores = PerImageScores(names, confusion, boundary, CLASSES, None, "multiclass")
+    resampler = Resampler(names.tolist(), resamples=50)
+    a, b = row_samples([scores], resampler), row_samples([scores], resampler)
+    pole = a.difference(b, "class/iou")[2]
+    assert np.isnan(pole.mean) and pole.verdict == ABSENT and str(pole) == "-"
+    assert not np.isnan(a.interval("miou").mean)  # the mean is over the classes there

@@ -12,10 +12,10 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from semseg.reporting.comparisons import Comparison
-from semseg.reporting.intervals import CONFIDENCE, UNDECIDED, Difference
+from semseg.reporting.intervals import ABSENT, CONFIDENCE, UNDECIDED, Difference
 from semseg.reporting.run_pictures import TITLE_PT, save_figure
 
-VERDICT_COLOURS = {"better": "tab:green", "worse": "tab:red", UNDECIDED: "0.4"}
+VERDICT_COLOURS = {"better": "tab:green", "worse": "tab:red", UNDECIDED: "0.4", ABSENT: "0.8"}
 TITLE = "paired differences (the same images on both sides): green better, red worse, grey not distinguishable"
 ROW_IN = 0.32  # the height of one line of the plot, in inches
 

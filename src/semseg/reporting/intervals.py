@@ -36,6 +36,7 @@ if TYPE_CHECKING:  # NumPy only here: report.py's command line is read before to
 RESAMPLES = 2000
 CONFIDENCE = 0.95
 BETTER, WORSE, UNDECIDED = "better", "worse", "not distinguishable at this sample size"
+ABSENT = "no score: the class is in neither target nor prediction"
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,8 @@ class Difference(Interval):
 
     @property
     def verdict(self) -> str:
+        if np.isnan(self.mean):
+            return ABSENT
         if self.low > 0:
             return BETTER
         if self.high < 0:
@@ -107,7 +110,7 @@ class RowSamples:
         """This row's ``metric`` minus ``other``'s, paired (both resampled alike: ``Resampler``)."""
         mean = _nanmean(self.full[metric], axis=0) - _nanmean(other.full[metric], axis=0)
         resampled = self.resampled[metric] - other.resampled[metric]
-        above = np.nanmean(np.where(np.isnan(resampled), np.nan, (resampled > 0) + 0.5 * (resampled == 0)), axis=0)
+        above = _nanmean(np.where(np.isnan(resampled), np.nan, (resampled > 0) + 0.5 * (resampled == 0)), axis=0)
         intervals = _intervals(mean, resampled)
         if isinstance(intervals, Interval):
             return Difference(intervals.mean, intervals.low, intervals.high, float(above))
