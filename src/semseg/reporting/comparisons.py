@@ -50,7 +50,7 @@ def _row_records(row: Row, split: str) -> list[PerImageScores] | str:
     records = []
     for run in row.runs:
         if run.per_image is None:
-            return f"no per_image_scores.npz in {run.folder} (a run from before it; eval.py writes one)"
+            return f"no per_image_scores.npz in {run.folder} (a run from before semseg kept them: train it again)"
         if split not in run.per_image:
             return f"{run.folder} has no per-image {split} scores"
         records.append(run.per_image[split])
