@@ -29,7 +29,7 @@ import torch.distributed as dist
 
 from semseg.errors import DataError
 from semseg.files import atomic_path
-from semseg.task.metrics import batch_scores
+from semseg.task.metrics import batch_scores, counted_class_names
 
 FORMAT = 1
 
@@ -64,8 +64,8 @@ class PerImageScores:
 
     def scored_class_names(self) -> list[str]:
         """The names of the per-class scores' columns (``batch_scores``: ignore_index left out)."""
-        if self.mode == "multiclass" and self.ignore_index is not None:
-            return [name for index, name in enumerate(self.class_names) if index != self.ignore_index]
+        if self.mode == "multiclass":
+            return counted_class_names(self.class_names, self.ignore_index)
         return list(self.class_names)
 
     def in_order(self, names: Sequence[str]) -> PerImageScores:
