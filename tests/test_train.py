@@ -8,12 +8,14 @@ import logging
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 import torch
+from lightning.pytorch.callbacks import model_checkpoint
 from omegaconf import open_dict
 
 from semseg.builders import build_module
@@ -141,7 +143,11 @@ def test_no_logger_still_writes_metrics(make_cfg):
 @pytest.mark.parametrize("off", ["trainer.limit_val_batches=0", "trainer.check_val_every_n_epoch=3"])
 def test_training_without_validation_tests_the_final_weights(make_cfg, off: str):
     cfg = make_cfg(off, "trainer.max_epochs=2")
-    metrics = train(cfg)
+    model_checkpoint.warning_cache.clear()  # Lightning warns once a process: an earlier test's run must not hide it
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        metrics = train(cfg)
+    assert not [w for w in caught if "could not find the monitored key" in str(w.message)]  # off on purpose
     checkpoints = Path(cfg.output_dir) / "checkpoints"
     assert (checkpoints / "last.ckpt").is_file() and not (checkpoints / "best.ckpt").exists()
     assert metrics["validation"] == "off" and metrics["checkpoint"] == "last"
@@ -151,6 +157,13 @@ def test_training_without_validation_tests_the_final_weights(make_cfg, off: str)
     # The tested weights are the final ones, which last.ckpt holds.
     last = torch.load(checkpoints / "last.ckpt", map_location="cpu", weights_only=True)
     assert last["global_step"] == 2 * 2  # 2 epochs of 8 images in batches of 4
+
+
+def test_a_callback_watching_validation_is_refused_when_validation_is_off(make_cfg):
+    cfg = make_cfg("trainer.limit_val_batches=0", "+callbacks=early_stopping")
+    with pytest.raises(ConfigError, match=r"callbacks.early_stopping watches val/miou, and validation is off"):
+        train(cfg)
+    assert not (Path(cfg.output_dir) / "checkpoints").exists()
 
 
 def test_wandb_logs_offline_without_credentials(make_cfg, monkeypatch, tmp_path: Path, capsys, caplog, tiny_root: Path):

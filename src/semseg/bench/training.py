@@ -43,7 +43,7 @@ def pipeline_images_per_s(cfg: DictConfig, warmup: int, steps: int) -> float:
         with open_dict(cfg):
             cfg.output_dir = folder  # checkpoints and logs of the run go to a scratch folder
         _, module, datamodule = build_run(cfg, cfg.seed)
-        callbacks = build_callbacks(cfg.get("callbacks"), RunFolder(folder))
+        callbacks = build_callbacks(cfg.get("callbacks"), RunFolder(folder), validates=False)
         kwargs = trainer_kwargs(cfg.trainer, cfg.data) | {
             "max_steps": warmup + steps,
             "max_epochs": -1,

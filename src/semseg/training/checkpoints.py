@@ -29,21 +29,35 @@ log = logging.getLogger(__name__)
 RUN_CHECKPOINT_KEYS = {"model_checkpoint": BEST, "last_checkpoint": LAST}
 
 
-def build_callbacks(cfg: Mapping | None, run: RunFolder, with_logger: bool = True) -> list[L.Callback]:
+def build_callbacks(
+    cfg: Mapping | None, run: RunFolder, with_logger: bool = True, validates: bool = True
+) -> list[L.Callback]:
     """Instantiates the ``callbacks`` group. The run's checkpoints (``model_checkpoint``: best.ckpt,
     ``last_checkpoint``: last.ckpt, and the one ``CheckpointOnSigterm`` saves) are written where
     ``RunFolder`` says, the folder that resuming, eval.py, export.py and report.py read, so their
     paths are not config keys; other ``ModelCheckpoint`` entries without a ``dirpath`` save
     into the run's ``checkpoints/`` too.
 
+    Without validation (``validates=False``: ``trainer.limit_val_batches=0``) there is no best
+    checkpoint to keep: ``model_checkpoint`` is left out, rather than left to warn every epoch
+    that ``val/miou`` is missing; the final weights (last.ckpt) are the result.
+
     Raises:
         ConfigError: a run's checkpoint given a path; a ``LearningRateMonitor`` without a logger
-            (Lightning would stop at the first epoch, after the data work, with a traceback).
+            (Lightning would stop at the first epoch, after the data work, with a traceback); another
+            callback that watches a ``val/`` metric when validation is off (it would never act).
     """
     callbacks = []
     for key, entry in (cfg or {}).items():
         if not entry:
             continue
+        if not validates and str(entry.get("monitor") or "").startswith("val/"):
+            if key == "model_checkpoint":
+                continue
+            raise ConfigError(
+                f"callbacks.{key} watches {entry['monitor']}, and validation is off (trainer.limit_val_batches=0): "
+                f"drop it (callbacks.{key}=null) or validate (trainer.limit_val_batches=1.0)."
+            )
         if not with_logger and _target_name(entry) == LearningRateMonitor.__name__:
             raise ConfigError(
                 f"callbacks.{key} (LearningRateMonitor) logs to a logger, and logger=none: "

@@ -153,7 +153,9 @@ def _fit_and_evaluate(
     Without validation there is no best checkpoint: the final weights are tested, and the metrics
     say so (``validation: off``, ``checkpoint: last``)."""
     run = RunFolder(cfg.output_dir)
-    callbacks = build_callbacks(cfg.get("callbacks"), run, with_logger=bool(logger))
+    kwargs = trainer_kwargs(cfg.trainer, cfg.data)
+    validates = kwargs.get("limit_val_batches", 1.0) != 0
+    callbacks = build_callbacks(cfg.get("callbacks"), run, with_logger=bool(logger), validates=validates)
     # Not config choices: resuming replays the same epochs only if every epoch is seeded alike,
     # a failed rank 0 must not leave the other ranks waiting, and the run's record (an epoch's
     # line in train.log) must not depend on which callbacks a config picks.
@@ -165,7 +167,6 @@ def _fit_and_evaluate(
     if pruning is not None:
         callbacks.append(pruning)
     run_info = _model_cost(module, cfg.data, report)
-    kwargs = trainer_kwargs(cfg.trainer, cfg.data)
     if kwargs.pop("enable_model_summary", True):  # Lightning's own would say "Total FLOPs: 0"
         callbacks.append(ModelSummaryWithFlops(round(run_info["gflops"] * 1e9)))
     trainer = L.Trainer(
