@@ -14,10 +14,9 @@ from semseg.cli import exit_on_user_error
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="inspect_data")
-@exit_on_user_error
+@exit_on_user_error(lightning=False)  # a data check: no torch, no Lightning, a quick start
 def main(cfg: DictConfig) -> None:
-    # Imported here, after the command line is read: semseg.data loads torch and Lightning, which
-    # --help need not wait for.
+    # Imported here, after the command line is read, which --help need not wait for.
     from semseg.data.inspection import inspect_data
     from semseg.data.synthetic import require_data_named
     from semseg.files import write_json_atomic

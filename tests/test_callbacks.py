@@ -97,14 +97,18 @@ def test_the_k_worst_images_are_found_across_batches_and_k_0_keeps_none():
 def test_picture_titles_say_which_weights_were_validated(tmp_path: Path):
     fitting = SimpleNamespace(state=SimpleNamespace(fn=TrainerFn.FITTING), current_epoch=12, max_epochs=30,
                               ckpt_path=None)  # fmt: skip
-    assert ValidationPictures._shown_weights(fitting) == ("val, epoch 13", None)  # counted from 1
+    module = SimpleNamespace(loaded_epoch=None)
+    assert ValidationPictures._shown_weights(fitting, module) == ("val, epoch 13", None)  # counted from 1
     fitting.current_epoch = 29
-    assert ValidationPictures._shown_weights(fitting) == ("val, epoch 30 (last)", None)
-    # After fit, the best checkpoint is validated: the trainer's epoch is the last one, not its.
+    assert ValidationPictures._shown_weights(fitting, module) == ("val, epoch 30 (last)", None)
+    # After fit, the best checkpoint is validated: the trainer's epoch is the last one, not its. The
+    # module noted the checkpoint's epoch as it loaded; a module that did not, the file says.
     torch.save({"epoch": 7}, tmp_path / "best.ckpt")
     validating = SimpleNamespace(state=SimpleNamespace(fn=TrainerFn.VALIDATING), current_epoch=29, max_epochs=30,
                                  ckpt_path=str(tmp_path / "best.ckpt"))  # fmt: skip
-    assert ValidationPictures._shown_weights(validating) == ("val, epoch 8, best.ckpt", ("best.ckpt", 8))
+    assert ValidationPictures._shown_weights(validating, module) == ("val, epoch 8, best.ckpt", ("best.ckpt", 8))
+    module.loaded_epoch = 5
+    assert ValidationPictures._shown_weights(validating, module) == ("val, epoch 5, best.ckpt", ("best.ckpt", 5))
 
 
 def test_the_learning_rate_is_recorded_as_often_as_it_is_logged():

@@ -4,6 +4,7 @@ last.ckpt replaces the previous one only once it loads back."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -17,7 +18,7 @@ from omegaconf import open_dict
 from semseg import cli
 from semseg.callbacks import resilience
 from semseg.inference.evaluate import evaluate
-from semseg.run_folder import RunFolder, checkpoint_problem, previous_checkpoint
+from semseg.run_folder import RunFolder, checkpoint_epoch, checkpoint_problem, previous_checkpoint
 from semseg.training.checkpoints import resume_checkpoint
 from semseg.training.train import train
 from tests.conftest import compose_named
@@ -147,3 +148,21 @@ def test_a_new_last_ckpt_that_does_not_load_back_keeps_the_previous_one(run, mak
     assert run.previous_last_checkpoint.read_bytes() == before
     assert torch.load(run.last_checkpoint, map_location="cpu", weights_only=True)["epoch"] == 2
     assert f"the previous one is kept as {run.previous_last_checkpoint}" in caplog.text
+
+
+def test_a_checkpoint_that_loaded_back_is_not_read_again_before_the_next_save(make_cfg, monkeypatch):
+    checked = []
+
+    def recording(path: Path) -> str | None:
+        checked.append(resilience.file_identity(Path(path)))
+        return checkpoint_problem(path)
+
+    monkeypatch.setattr(resilience, "checkpoint_problem", recording)
+    cfg = make_cfg("trainer.max_epochs=3", "run_test=false")
+    train(cfg)
+    assert len(checked) >= 3 and len(set(checked)) == len(checked)  # each file, as saved, read once
+    run = RunFolder(cfg.output_dir)
+    assert not any(path.name.endswith("-prev.ckpt") for path in run.checkpoints.iterdir())
+    # The best epoch is noted as the best checkpoint loads for the final validation, not read again.
+    info = json.loads((run.root / "run_info.json").read_text())
+    assert info["best_epoch"] == checkpoint_epoch(run.best_checkpoint)

@@ -244,3 +244,18 @@ def test_a_second_check_opens_no_image_unless_it_changed(tiny_root: Path, tmp_pa
         report = inspect_data(data)
         assert [str(p) for p in opened] == [str(changed)]
         assert any(p.file == str(changed) for p in report.problems)
+
+
+def test_the_data_check_and_its_script_load_neither_torch_nor_lightning():
+    # What scripts/inspect_data.py runs: its error wrapper (lightning=False) and the check itself,
+    # in a fresh process. Loading torch and Lightning would add seconds to every start.
+    probe = (
+        "import logging, sys\n"
+        "logging.basicConfig()\n"
+        "from semseg.cli import exit_on_user_error\n"
+        "exit_on_user_error(lightning=False)(lambda: __import__('semseg.data.inspection'))()\n"
+        "print(sorted(name for name in ('torch', 'lightning', 'albumentations') if name in sys.modules))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip() == "[]"

@@ -47,7 +47,7 @@ def test_sigterm_saves_a_checkpoint_exits_cleanly_and_the_rerun_continues(tiny_r
 def test_a_run_killed_mid_epoch_resumes_from_last_ckpt_to_the_uninterrupted_result(make_cfg, tiny_root: Path):
     # Loader workers (persistent), shuffling, augmentations and a step-wise LR schedule: every
     # random state a fresh process would lose.
-    settings = ["trainer.max_epochs=4", "trainer.deterministic=true", "data.num_workers=2", "scheduler=cosine"]
+    settings = ["trainer.max_epochs=3", "trainer.deterministic=true", "data.num_workers=2", "scheduler=cosine"]
     uninterrupted = train(make_cfg(*settings, "data.synthetic=null"))
 
     run = Path(make_cfg().output_dir).parent / "killed"
@@ -56,13 +56,13 @@ def test_a_run_killed_mid_epoch_resumes_from_last_ckpt_to_the_uninterrupted_resu
     env = os.environ | {"HYDRA_FULL_ERROR": "0", "PYTHONPATH": str(ROOT)}
     kill = [
         "+callbacks.sigkill._target_=tests.crash.SigkillAt",
-        "+callbacks.sigkill.epoch=2",
+        "+callbacks.sigkill.epoch=1",
         "+callbacks.sigkill.batch=1",
     ]
     crashed = subprocess.run([*command, *kill], capture_output=True, text=True, timeout=300, env=env)
     assert crashed.returncode == -signal.SIGKILL, crashed.stderr[-3000:]
     last = run / "checkpoints" / "last.ckpt"
-    assert torch.load(last, map_location="cpu", weights_only=True)["epoch"] == 1  # the last finished epoch
+    assert torch.load(last, map_location="cpu", weights_only=True)["epoch"] == 0  # the last finished epoch
     assert not (run / "metrics.json").exists()
 
     resumed = subprocess.run([*command, "ckpt_path=last"], capture_output=True, text=True, timeout=300, env=env)

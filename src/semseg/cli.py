@@ -32,13 +32,18 @@ def user_message(error: SemsegError) -> str:
     return message.rsplit(marker, 1)[1].strip() if marker in message else message
 
 
-def exit_on_user_error(main: Callable[..., T]) -> Callable[..., T]:
+def exit_on_user_error(main: Callable[..., T] | None = None, *, lightning: bool = True):
     """Runs ``main``; a ``SemsegError`` (bad data or config) prints its message and exits 2.
-    Upstream messages that need no action are left out of its console (``quiet_upstream_noise``)."""
+    Upstream messages that need no action are left out of its console (``quiet_upstream_noise``).
+
+    ``@exit_on_user_error(lightning=False)``: for an entry point that never loads Lightning
+    (scripts/inspect_data.py), which then does not import it to quiet it (seconds at start-up)."""
+    if main is None:
+        return functools.partial(exit_on_user_error, lightning=lightning)
 
     @functools.wraps(main)
     def wrapper(*args, **kwargs) -> T:
-        quiet_upstream_noise()
+        quiet_upstream_noise(lightning=lightning)
         try:
             return main(*args, **kwargs)
         except SemsegError as error:

@@ -21,7 +21,7 @@ from omegaconf import DictConfig
 
 from semseg.bench.timing import images_per_s, median
 from semseg.bench.training import autocast
-from semseg.data.transforms import CONF_DIR
+from semseg.config_resolvers import CONF_DIR
 from semseg.files import atomic_path
 from semseg.models import build_model, count_gflops, count_parameters
 

@@ -164,7 +164,7 @@ class ValidationPictures(L.Callback):
         if trainer.state.fn == TrainerFn.FITTING:  # not the re-validation of the best checkpoint after fit
             self.history.append({"epoch": trainer.current_epoch + 1, **metrics})  # from 1, as the console
         examples = sorted(self.examples, key=lambda s: s.name)
-        title, checkpoint = self._shown_weights(trainer)
+        title, checkpoint = self._shown_weights(trainer, pl_module)
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
                 self._log_wandb(logger, trainer.global_step, examples, hp, confusion, title)
@@ -175,7 +175,7 @@ class ValidationPictures(L.Callback):
             send_pictures(trainer.loggers, drawn, trainer.global_step, where, checkpoint is not None)
 
     @staticmethod
-    def _shown_weights(trainer: L.Trainer) -> tuple[str, tuple[str, int | None] | None]:
+    def _shown_weights(trainer: L.Trainer, pl_module: L.LightningModule) -> tuple[str, tuple[str, int | None] | None]:
         """The pictures' title ("val, epoch 12, best.ckpt") and the (name, epoch) of the checkpoint
         validated: while fitting, the current weights (no checkpoint); otherwise the checkpoint
         validated (the best one, after fit)."""
@@ -183,7 +183,8 @@ class ValidationPictures(L.Callback):
             epoch = trainer.current_epoch + 1  # counted from 1, as the console and train.log
             return picture_title("val", epoch, last=epoch == trainer.max_epochs), None
         # Validating does not restore the epoch counter: the checkpoint knows its epoch.
-        epoch, name = checkpoint_epoch(trainer.ckpt_path), Path(trainer.ckpt_path).name
+        epoch = getattr(pl_module, "loaded_epoch", None) or checkpoint_epoch(trainer.ckpt_path)
+        name = Path(trainer.ckpt_path).name
         return picture_title("val", epoch, name), (name, epoch)
 
     def _draw_pngs(self, trainer: L.Trainer) -> bool:

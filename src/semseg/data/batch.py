@@ -15,11 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from semseg.data.mask_codes import MASK_PAD_CODE
 from semseg.errors import DataError
-
-# Masks travel as uint8 class codes, where this value marks ignored pixels (stored ignore values
-# and padding). It can never be a class: num_classes is at most 254.
-MASK_PAD_CODE = 255
 
 
 def pad_collate(batch: list[dict]) -> dict:

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from semseg.data.batch import MASK_PAD_CODE
+from semseg.data.mask_codes import MASK_PAD_CODE
 from semseg.data.palette import class_palette
 from semseg.errors import ConfigError, DataError
 

@@ -17,11 +17,11 @@ from pathlib import Path
 
 import numpy as np
 
-from semseg.data.batch import MASK_PAD_CODE
 from semseg.data.class_weights import METHODS, ClassCounts, weights_from_counts
 from semseg.data.colour_labels import suggested_colour_map, unpack
 from semseg.data.image_checks import bands_name, check_images, depth_name, image_headers
 from semseg.data.layout import DataLayout
+from semseg.data.mask_codes import MASK_PAD_CODE
 from semseg.data.mask_encoding import INVALID_CODE, MaskEncoder, resolve_class_names
 from semseg.data.mask_stats import MaskSummary, summarize_masks
 from semseg.data.multilabel_masks import BACKGROUND, MULTICLASS, MULTILABEL, check_mode, inspect_multilabel

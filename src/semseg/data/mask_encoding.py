@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from semseg.data.batch import MASK_PAD_CODE
 from semseg.data.colour_labels import ColourMap, class_of, is_colour_label_map
+from semseg.data.mask_codes import MASK_PAD_CODE
 from semseg.data.reading import read_mask
 from semseg.errors import DataError
 

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from semseg.data.batch import MASK_PAD_CODE
 from semseg.data.image_checks import check_images, image_headers
+from semseg.data.mask_codes import MASK_PAD_CODE
 from semseg.data.mask_encoding import MaskEncoder
 from semseg.data.reading import read_mask
 from semseg.errors import ConfigError, DataError

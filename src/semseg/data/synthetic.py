@@ -25,7 +25,7 @@ import cv2
 import numpy as np
 from omegaconf import OmegaConf
 
-from semseg.data.transforms import CONF_DIR
+from semseg.config_resolvers import CONF_DIR
 from semseg.errors import ConfigError, DataError
 from semseg.files import lock_making, staging_path
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import copy
 import logging
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import albumentations as A
@@ -20,14 +19,13 @@ from albumentations.pytorch import ToTensorV2
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from semseg.data.batch import MASK_PAD_CODE
+from semseg.config_resolvers import CONF_DIR
+from semseg.data.mask_codes import MASK_PAD_CODE
 from semseg.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
 # The augment group's presets (none, hflip, rotations, street, elastic), also named by data.augment.
-# The checkout's config folder: presets that code (not only Hydra) reads by name.
-CONF_DIR = Path(__file__).resolve().parents[3] / "conf"
 AUGMENT_PRESETS = CONF_DIR / "augment"
 
 # The D4 elements that keep an image's height and width: identity, half turn, the two flips.

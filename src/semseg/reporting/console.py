@@ -50,8 +50,10 @@ class _DropMessages(logging.Filter):
         return not str(record.msg).startswith(self.prefixes)
 
 
-def quiet_upstream_noise() -> None:
-    """Leaves Lightning's and torch's messages that need no action out of the console (see above).
+def quiet_upstream_noise(lightning: bool = True) -> None:
+    """Leaves Lightning's and torch's messages that need no action out of the console (see above);
+    ``lightning=False`` leaves Lightning's own console handler alone (for a process that never
+    imports it: importing it here would cost seconds).
 
     Idempotent; process-wide, hence called by the entry points (``semseg.cli``), not the library.
     """
@@ -61,7 +63,8 @@ def quiet_upstream_noise() -> None:
         rank_zero = logging.getLogger(name)
         if not any(isinstance(f, _DropMessages) for f in rank_zero.filters):
             rank_zero.addFilter(_DropMessages(_LIGHTNING_CHATTER))
-    _lightning_logs_once()
+    if lightning:
+        _lightning_logs_once()
 
 
 def _lightning_logs_once() -> None:

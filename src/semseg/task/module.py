@@ -143,6 +143,9 @@ class SegmentationModule(L.LightningModule):
         # the final scoring of a run, or eval.py; ``per_image_results`` holds each stage's latest.
         self._recorders: dict[str, PerImageRecorder] | None = None
         self.per_image_results: dict[str, tuple] = {}
+        # The epoch (from 1) of the checkpoint last loaded into this module (validating the best one
+        # after fit): read as it loads, not by opening the file a second time.
+        self.loaded_epoch: int | None = None
 
     def configure_model(self) -> None:
         """Compiles the network when ``model.compile`` asks (Lightning calls this before each stage).
@@ -358,8 +361,10 @@ class SegmentationModule(L.LightningModule):
         self._stop_if_diverged()  # never overwrite a good checkpoint with NaN weights
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """A run resumes with the parameter groups it was saved with, or its optimizer state would not
-        load: runs from before ``param_groups.no_decay_norm_bias`` decayed every parameter, in one group."""
+        """Notes the checkpoint's epoch (``loaded_epoch``). A run resumes with the parameter groups it
+        was saved with, or its optimizer state would not load: runs from before
+        ``param_groups.no_decay_norm_bias`` decayed every parameter, in one group."""
+        self.loaded_epoch = int(checkpoint["epoch"]) + 1 if "epoch" in checkpoint else None
         saved = checkpoint.get("hyper_parameters", {})
         if "optimizer" not in saved:
             return

@@ -24,7 +24,7 @@ from semseg.data.synthetic import require_data_named
 from semseg.files import json_safe, write_json_atomic
 from semseg.models import count_gflops, count_parameters
 from semseg.reporting.console import training_summary
-from semseg.run_folder import RunFolder, checkpoint_epoch
+from semseg.run_folder import RunFolder
 from semseg.task.module import SegmentationModule
 from semseg.task.per_image import write_per_image_scores
 from semseg.trainer_defaults import check_gpus_exist, refuse_spawned_ranks, slurm_plugins, trainer_kwargs
@@ -205,7 +205,7 @@ def _fit_and_evaluate(
         # monitored one.
         validated = trainer.validate(module, datamodule=datamodule, ckpt_path=best, verbose=False, weights_only=True)
         metrics.update({k: float(v) for k, v in validated[0].items()})
-        run_info |= {"checkpoint": run.relative(best), "best_epoch": checkpoint_epoch(best)}
+        run_info |= {"checkpoint": run.relative(best), "best_epoch": module.loaded_epoch}
     if cfg.get("run_test", True) and datamodule.has_test_split:
         tested = trainer.test(module, datamodule=datamodule, ckpt_path=best, weights_only=True)
         metrics.update({k: float(v) for k, v in tested[0].items()})
