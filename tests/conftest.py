@@ -151,6 +151,16 @@ def make_cfg(tiny_root: Path, tmp_path: Path):
     return make
 
 
+@pytest.fixture
+def entry_point(monkeypatch):
+    """``exit_on_user_error``, as the scripts run, without its process-wide console settings: a
+    script's one-line errors checked in process."""
+    from semseg import cli
+
+    monkeypatch.setattr(cli, "quiet_upstream_noise", lambda **_: None)
+    return cli.exit_on_user_error
+
+
 def console_output(run: Path) -> bytes:
     """What ``scripts/train.py`` printed while making ``trained_run``."""
     return (run.parent / "console.txt").read_bytes()

@@ -19,7 +19,6 @@ from semseg.data.reading import read_mask
 from semseg.data.synthetic import SyntheticSpec, generate
 from semseg.errors import DataError
 from semseg.training.train import train
-from tests.test_train import run_train_cli
 
 # A small good data set to break: 4 train and 2 val pairs of 32x32 RGB images with 5 classes
 # (background, disk, square, triangle, speck), no test split.
@@ -254,10 +253,13 @@ def test_16_bit_masks_of_class_indices_are_read_as_stored(make_cfg, tmp_path, ca
     assert np.array_equal(first_train_sample(tmp_path / "data")["mask"].numpy(), read_mask(mask))
 
 
-def test_the_command_line_prints_the_problem_without_a_traceback(tmp_path: Path):
+def test_a_script_prints_the_problem_without_a_traceback(make_cfg, tmp_path: Path, entry_point, capsys):
     offending = make_broken(tmp_path / "data", "truncated_image")
-    result = run_train_cli(tmp_path, *FOLDER, f"data.root={tmp_path / 'data'}", "trainer=cpu", "data.num_workers=0")
-    assert result.returncode == 2, result.stderr[-3000:]
-    assert f"{offending}: is truncated" in result.stderr and "Fix: copy or re-export the image" in result.stderr
-    assert "Traceback" not in result.stderr
-    assert_nothing_trained(tmp_path / "run")
+    cfg = make_cfg(*FOLDER, root=tmp_path / "data")
+    with pytest.raises(SystemExit) as exited:
+        entry_point(train)(cfg)  # as scripts/train.py runs it
+    message = capsys.readouterr().err
+    assert exited.value.code == 2, message
+    assert f"{offending}: is truncated" in message and "Fix: copy or re-export the image" in message
+    assert "Traceback" not in message
+    assert_nothing_trained(Path(cfg.output_dir))

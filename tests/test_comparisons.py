@@ -5,67 +5,19 @@ images only, and the numbers agree with the runs' metrics.json."""
 from __future__ import annotations
 
 import csv
-import json
 from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 
 from semseg.errors import DataError
 from semseg.reporting.comparisons import compare, named_row, split_samples
 from semseg.reporting.intervals import ABSENT, BETTER, UNDECIDED, WORSE, Resampler, row_samples
 from semseg.reporting.leaderboard import find_runs, leaderboard
 from semseg.reporting.report import write_report
-from semseg.run_folder import RunFolder
-from semseg.task.per_image import PerImageScores, read_per_image_scores, write_per_image_scores
+from semseg.task.per_image import PerImageScores
 from tests.figures import assert_readable
-
-CLASSES = ["road", "car", "pole"]
-IMAGES = [f"frame_{i:03d}" for i in range(40)]
-
-
-def records(accuracy: float, rng: np.random.Generator, images: list[str] = IMAGES) -> tuple:
-    """Per-image confusion matrices of a model that labels each pixel right with ``accuracy``
-    (wrong ones spread over the other classes); images of varying size and class mix."""
-    confusion = np.zeros((len(images), 3, 3), dtype=np.int64)
-    for n in range(len(images)):
-        pixels = rng.multinomial(rng.integers(500, 3000), [0.7, 0.25, 0.05])
-        for target, count in enumerate(pixels):
-            right = rng.binomial(count, accuracy)
-            wrong = rng.multinomial(count - right, [0.5, 0.5])
-            others = [c for c in range(3) if c != target]
-            confusion[n, target, target] = right
-            confusion[n, target, others] = wrong
-    boundary = np.stack([confusion.diagonal(axis1=1, axis2=2) // 4, confusion.sum(2) // 3], axis=1)
-    return np.array(images), confusion, boundary
-
-
-def run_with_scores(folder: Path, loss: str, seed: int, accuracy: float, rng: np.random.Generator) -> None:
-    """A finished run folder (no checkpoint) whose val split was scored by such a model."""
-    (folder / ".hydra").mkdir(parents=True)
-    (folder / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump([f"loss={loss}", f"seed={seed}"]))
-    (folder / ".hydra" / "config.yaml").write_text(yaml.safe_dump({"seed": seed}))
-    choices = {"model": "unet", "loss": loss}
-    (folder / ".hydra" / "hydra.yaml").write_text(yaml.safe_dump({"hydra": {"runtime": {"choices": choices}}}))
-    path = RunFolder(folder).per_image_scores
-    write_per_image_scores(path, {"val": records(accuracy, rng)}, CLASSES, None, "multiclass")
-    scores = read_per_image_scores(path)["val"]
-    means, per_class = scores.scores_of(scores.confusion.sum(0), scores.boundary.sum(0))
-    metrics = {f"val/{k}": float(v) for k, v in means.items()}
-    metrics |= {f"val/iou/{c}": float(v) for c, v in zip(CLASSES, per_class["iou"], strict=True)}
-    (folder / "metrics.json").write_text(json.dumps(metrics))
-
-
-def sweep(folder: Path, accuracies: dict[str, list[float]], seed: int = 0) -> Path:
-    """A multirun folder: per loss, one run per listed accuracy (its seeds)."""
-    rng = np.random.default_rng(seed)
-    job = 0
-    for loss, per_seed in accuracies.items():
-        for run_seed, accuracy in enumerate(per_seed):
-            run_with_scores(folder / str(job), loss, run_seed, accuracy, rng)
-            job += 1
-    return folder
+from tests.per_image_runs import CLASSES, records, sweep
 
 
 def comparison(folder: Path, a: str, b: str):
@@ -134,7 +86,7 @@ def test_resamples_are_paired_on_the_images_and_recompute_dataset_miou():
 
 def test_report_compares_named_rows_from_per_image_scores_alone(tmp_path: Path):
     folder = sweep(tmp_path / "runs", {"wce": [0.90, 0.91, 0.89], "ce": [0.80, 0.81, 0.79], "dice": [0.895]})
-    # In process (tests/test_experiments.py runs the script with --compare on a trained sweep).
+    # In process (tests/test_report.py runs the script with --compare).
     printed = write_report(folder, pictures=False, compare_specs=[("loss=ce", "loss=wce")], resamples=500)
     markdown = (folder / "leaderboard.md").read_text()
     assert printed.startswith(markdown)

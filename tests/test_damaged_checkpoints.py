@@ -15,20 +15,12 @@ import torch
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import open_dict
 
-from semseg import cli
 from semseg.callbacks import resilience
 from semseg.inference.evaluate import evaluate
 from semseg.run_folder import RunFolder, checkpoint_epoch, checkpoint_problem, previous_checkpoint
 from semseg.training.checkpoints import resume_checkpoint
 from semseg.training.train import train
 from tests.conftest import compose_named
-
-
-@pytest.fixture
-def entry_point(monkeypatch):
-    """``exit_on_user_error``, as the scripts run, without its process-wide console settings."""
-    monkeypatch.setattr(cli, "quiet_upstream_noise", lambda: None)
-    return cli.exit_on_user_error
 
 
 def truncate(path: Path) -> None:

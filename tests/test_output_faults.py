@@ -229,7 +229,7 @@ def assert_epoch_1_checkpoints_load(run: RunFolder) -> None:
 
 
 def test_a_full_disk_mid_run_stops_in_one_line_and_the_saved_checkpoints_load(make_cfg, capsys, monkeypatch):
-    monkeypatch.setattr("semseg.cli.quiet_upstream_noise", lambda: None)  # process-wide, for entry points
+    monkeypatch.setattr("semseg.cli.quiet_upstream_noise", lambda **_: None)  # process-wide, for entry points
     # Room for the first epoch's two checkpoints and then some: the filler takes the rest.
     with tmpfs(Path(make_cfg().output_dir).parent / "disk", "size=32m") as disk:
         run = RunFolder(disk / "run")
@@ -292,7 +292,7 @@ def test_write_errors_are_found_behind_wrappers_and_only_for_the_output_folder(t
 
 def test_a_job_that_succeeds_removes_the_failed_json_of_an_earlier_attempt(tmp_path: Path, caplog, monkeypatch):
     # A requeued SLURM job: its first attempt failed (failed.json), the next resumed and succeeded.
-    monkeypatch.setattr("semseg.cli.quiet_upstream_noise", lambda: None)  # process-wide, for entry points
+    monkeypatch.setattr("semseg.cli.quiet_upstream_noise", lambda **_: None)  # process-wide, for entry points
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose(config_name="train", return_hydra_config=True)
     with open_dict(cfg):

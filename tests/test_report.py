@@ -28,6 +28,7 @@ from semseg.reporting.tables import costs_table, headline_table, per_class_table
 from semseg.run_folder import checkpoint_epoch
 from tests.conftest import compose_cfg
 from tests.figures import assert_readable, legend_labels
+from tests.per_image_runs import sweep
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -64,17 +65,20 @@ def test_runs_that_differ_in_seed_only_are_one_row_with_mean_and_std(tmp_path: P
     assert "| loss=ce | 0.275 |" in per_class_table(rows, per_class["val"], {})
 
 
-def test_the_script_writes_markdown_and_csv(tmp_path: Path):
-    fake_run(tmp_path / "runs" / "0", "ce", 0, 0.5)
-    fake_run(tmp_path / "runs" / "1", "dice", 0, 0.4)
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "report.py"), str(tmp_path / "runs")], capture_output=True, text=True
-    )
+def test_the_script_writes_markdown_and_csv_and_compares_named_rows(tmp_path: Path):
+    folder = sweep(tmp_path / "runs", {"ce": [0.80, 0.82], "wce": [0.90, 0.91]})
+    command = [sys.executable, str(ROOT / "scripts" / "report.py"), str(folder), "--compare", "loss=ce", "loss=wce",
+               "--resamples", "200"]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
-    assert (tmp_path / "runs" / "leaderboard.md").read_text() in result.stdout
-    with open(tmp_path / "runs" / "leaderboard.csv") as f:
+    markdown = (folder / "leaderboard.md").read_text()
+    assert markdown in result.stdout and "## loss=ce against loss=wce (val)" in markdown
+    with open(folder / "leaderboard.csv") as f:
         table = list(csv.DictReader(f))
-    assert [r["run"] for r in table] == ["loss=ce", "loss=dice"] and table[1]["val/miou mean"] == "0.4"
+    assert [r["run"] for r in table] == ["loss=wce", "loss=ce"] and table[1]["val images"] == "40"
+    with open(folder / "comparisons.csv") as f:
+        compared = {(line["run"], line["against"], line["metric"]) for line in csv.DictReader(f)}
+    assert ("loss=ce", "loss=wce", "miou") in compared and ("loss=ce", "loss=wce", "iou/pole") in compared
 
 
 def test_write_leaderboard_writes_its_tables_atomically_and_returns_what_to_print(tmp_path: Path, monkeypatch):

@@ -24,7 +24,7 @@ from semseg.models import count_gflops
 from semseg.task.module import SegmentationModule
 from semseg.training.train import train
 from tests import wandb_records
-from tests.conftest import CONF_DIR, TINY_DPT_OVERRIDES
+from tests.conftest import CONF_DIR, TINY_DPT_OVERRIDES, folder_cfg
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -256,7 +256,7 @@ def test_cli_reports_a_bad_data_root_without_a_traceback(tmp_path: Path):
     assert "Traceback" not in result.stderr
 
 
-def test_cli_stops_a_0_255_mask_at_start_up_with_the_file_and_the_fix(tmp_path: Path):
+def test_a_0_255_mask_stops_training_at_start_up_with_the_file_and_the_fix(tmp_path: Path, entry_point, capsys):
     root = tmp_path / "binary"
     for split in ("train", "val"):
         for folder in ("images", "masks"):
@@ -265,15 +265,16 @@ def test_cli_stops_a_0_255_mask_at_start_up_with_the_file_and_the_fix(tmp_path: 
         mask[8:16, 8:16] = 255
         cv2.imwrite(str(root / "images" / split / "a.png"), mask)
         cv2.imwrite(str(root / "masks" / split / "a.png"), mask)
-    result = run_train_cli(
-        tmp_path, "data=folder", f"data.root={root}", "data.num_classes=2", "data.num_workers=1", "trainer=cpu"
-    )
-    assert result.returncode == 2, result.stderr
-    assert "error: the data set" in result.stderr and "nothing was trained" in result.stderr
+    # As scripts/train.py runs it (test_cli_reports_a_bad_data_root_without_a_traceback runs the script).
+    with pytest.raises(SystemExit) as exited:
+        entry_point(train)(folder_cfg(root, tmp_path / "run", "data.num_classes=2", "data.num_workers=1"))
+    message = capsys.readouterr().err
+    assert exited.value.code == 2, message
+    assert "error: the data set" in message and "nothing was trained" in message
     for split in ("train", "val"):
-        assert f"masks/{split}/a.png: holds values [255] that are not classes 0..1." in result.stderr
-    assert "Fix: 0/255 masks: set data.label_map={0: 0, 255: 1}" in result.stderr
-    assert "Traceback" not in result.stderr
+        assert f"masks/{split}/a.png: holds values [255] that are not classes 0..1." in message
+    assert "Fix: 0/255 masks: set data.label_map={0: 0, 255: 1}" in message
+    assert "Traceback" not in message
     assert not list(tmp_path.rglob("*.ckpt"))
 
 
