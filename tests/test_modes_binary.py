@@ -131,13 +131,12 @@ def test_bad_binary_configs_are_refused_with_the_fix(blobs: Path, tmp_path: Path
 
 
 def test_the_binary_export_records_how_to_read_its_logit(binary_run: Path, tmp_path: Path):
-    import onnx
-
+    # Every format stores the same record (tests/test_export.py reads it from ONNX and torch.export);
+    # the smp folder is the quickest to write and check (an ONNX export takes ~20 s here).
     ckpt = binary_run / "checkpoints" / "best.ckpt"
-    result = export(compose_named("export", [f"ckpt_path={ckpt}", "format=onnx", f"output={tmp_path / 'm.onnx'}"]))
+    result = export(compose_named("export", [f"ckpt_path={ckpt}", "format=smp", f"output={tmp_path / 'smp'}"]))
     assert result["max_abs_diff"] < 1e-3
-    props = {p.key: p.value for p in onnx.load(str(tmp_path / "m.onnx")).metadata_props}
-    info = json.loads(props["semseg"])
+    info = json.loads((tmp_path / "smp" / "semseg.json").read_text())
     assert info["mode"] == "binary" and info["threshold"] == 0.5 and info["class_names"] == ["blob"]
 
 

@@ -102,7 +102,7 @@ def test_the_gpu_check_runs_every_part_on_photolike_data_and_writes_its_results(
     command = [sys.executable, str(ROOT / "scripts" / "benchmark.py"), "trainer=cpu", "bench=gpu", TINY_ENCODER,
                f"data.root={tmp_path / 'photolike'}", f"bench.photolike={photolike}", "bench.image_size=[32,32]",
                "data.batch_size=2", "data.num_workers=0", "bench.warmup=1", "bench.steps=2", "bench.repeats=1",
-               "bench.size=32", "bench.batch_size=2", "bench.models=[unet,segformer]", "bench.compile=[false]",
+               "bench.size=32", "bench.batch_size=2", "bench.models=[unet]", "bench.compile=[false]",
                "bench.parts=[pipeline,loader,models,optimizer,scan,ddp]", "bench.scan_pairs=300",
                f"hydra.run.dir={run}"]  # fmt: skip
     result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=os.environ)
@@ -115,7 +115,7 @@ def test_the_gpu_check_runs_every_part_on_photolike_data_and_writes_its_results(
     assert 0 < results["scan_s"] < 60 and 0 < results["check_warm_s"] < 60
     rows = results["models"]
     assert [(r["model"], r["precision"], r["channels_last"]) for r in rows] == [
-        (model, "bf16-mixed", last) for model in ("unet", "segformer") for last in (False, True)
+        ("unet", "bf16-mixed", last) for last in (False, True)
     ]
     assert all(r["images_per_s"] > 0 and r["train_gflops_per_image"] > 0 for r in rows)
     assert results["ddp"]["ok"] and results["ddp"]["backend"] == "gloo", results["ddp"]

@@ -82,9 +82,9 @@ def test_a_process_that_ends_with_live_workers_does_not_wait_for_them(tmp_path: 
         textwrap.dedent(
             """
             from torch.utils.data import DataLoader
-            from semseg.data.datamodule import _init_worker
+            from semseg.data.loader_workers import init_worker
 
-            loader = DataLoader(list(range(64)), num_workers=2, worker_init_fn=_init_worker, persistent_workers=True)
+            loader = DataLoader(list(range(64)), num_workers=2, worker_init_fn=init_worker, persistent_workers=True)
             ITERATOR = iter(loader)
             next(ITERATOR)
             """
@@ -110,7 +110,7 @@ def test_workers_leave_the_job_signals_to_the_main_process(tmp_path: Path):
             """
             import os, signal, sys, time
             from torch.utils.data import DataLoader, Dataset
-            from semseg.data.datamodule import _init_worker
+            from semseg.data.loader_workers import init_worker
 
             class Slow(Dataset):
                 def __len__(self):
@@ -122,7 +122,7 @@ def test_workers_leave_the_job_signals_to_the_main_process(tmp_path: Path):
 
             for signum in (signal.SIGUSR1, signal.SIGUSR2):
                 signal.signal(signum, lambda *_: sys.exit("a worker ran its main process's handler"))
-            iterator = iter(DataLoader(Slow(), num_workers=2, worker_init_fn=_init_worker))
+            iterator = iter(DataLoader(Slow(), num_workers=2, worker_init_fn=init_worker))
             batches = [next(iterator), next(iterator)]  # one from each worker: both have started
             for worker in iterator._workers:
                 for signum in (signal.SIGUSR1, signal.SIGUSR2, signal.SIGCONT):

@@ -2,15 +2,10 @@
 
 from __future__ import annotations
 
-import multiprocessing
-import os
 import secrets
-import signal
-import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-import cv2
 import lightning as L
 import torch
 from lightning.pytorch.accelerators import CPUAccelerator
@@ -20,6 +15,7 @@ from semseg.data.batch import MASK_PAD_CODE, pad_collate
 from semseg.data.cores import data_parallelism
 from semseg.data.dataset import SegmentationDataset
 from semseg.data.layout import DataLayout
+from semseg.data.loader_workers import init_worker
 from semseg.data.mask_encoding import resolve_class_names
 from semseg.data.multilabel_masks import mask_encoder
 from semseg.data.reading import is_8_bit_grey_or_colour
@@ -31,57 +27,6 @@ from semseg.errors import DataError
 
 # The Lightning stages (None: all) that need each split.
 SPLIT_STAGES = {"train": (None, "fit"), "val": (None, "fit", "validate"), "test": (None, "test")}
-
-
-def _init_worker(_worker_id: int) -> None:
-    # Each loader worker is already one of several processes; OpenCV's own thread pool inside
-    # every worker would oversubscribe the cores.
-    cv2.setNumThreads(0)
-    _leave_job_signals_to_the_main_process()
-
-
-def _leave_job_signals_to_the_main_process() -> None:
-    """The loader worker neither dies of nor acts on the signals SLURM sends to the whole job.
-
-    SLURM signals every process of a job step, workers included: SIGTERM on pre-emption,
-    ``scontrol requeue`` and ``scancel``, and the ``--signal`` warning before the time limit
-    (SIGUSR2 for submitit, which then requeues the job; SIGUSR1 for Lightning's auto-requeue).
-    They are for the main process, which stops cleanly (last.ckpt saved, exit 0) and shuts its
-    workers down itself. A forked worker inherits the main process's Python handlers: each worker
-    would run submitit's requeue and exit (seen on SLURM: five processes requeueing the job, then
-    "DataLoader worker exited unexpectedly", a failed job); without them, SIGUSR1/2 would kill it, and PyTorch's own
-    handler makes it die of a SIGTERM from anyone but its parent ("DataLoader worker ... is killed
-    by signal: Terminated"). Hence SIGUSR1/2 ignored, SIGCONT back to its default (submitit's
-    handler only logs, once per process), and SIGTERM obeyed from the parent only.
-    """
-    if not hasattr(signal, "sigwaitinfo"):  # macOS, Windows: no SLURM, and no way to learn a signal's sender
-        return
-    for signum in (signal.SIGUSR1, signal.SIGUSR2):
-        signal.signal(signum, signal.SIG_IGN)
-    signal.signal(signal.SIGCONT, signal.SIG_DFL)
-    _sigterm_only_from_parent()
-
-
-def _sigterm_only_from_parent() -> None:
-    """The worker ignores SIGTERM unless the process that started it (its main process) sent it.
-
-    Not a plain SIG_IGN: the parent's own SIGTERM must still end the worker, or a process exiting
-    with live workers (its iterator still referenced) waits forever in multiprocessing's exit
-    handler, which terminates daemon workers and joins them. A Python handler cannot see the
-    sender, so SIGTERM is blocked here and a thread takes it with its sender (``sigwaitinfo``),
-    exiting quietly for the parent, as PyTorch's own handler does. If the parent dies without
-    stopping the worker, PyTorch's watchdog in the worker loop ends the worker within seconds.
-    """
-    # Not os.getppid(): with the forkserver start method the worker's OS parent is the fork server.
-    parent = multiprocessing.parent_process().pid
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})  # threads started later inherit it
-
-    def take_sigterm() -> None:
-        while True:
-            if signal.sigwaitinfo({signal.SIGTERM}).si_pid == parent:
-                os._exit(0)
-
-    threading.Thread(target=take_sigterm, name="sigterm-from-parent", daemon=True).start()
 
 
 def default_num_workers(model_on_cpu: bool = False, cached: bool = False) -> int:
@@ -220,7 +165,7 @@ class SegmentationDataModule(L.LightningDataModule):
             pin_memory=torch.cuda.is_available(),
             # Workers that survive the epoch spare re-forking and re-importing every epoch.
             persistent_workers=workers > 0,
-            worker_init_fn=_init_worker if workers > 0 else None,
+            worker_init_fn=init_worker if workers > 0 else None,
         )
 
     def train_dataloader(self) -> DataLoader:
