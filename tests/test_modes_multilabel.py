@@ -75,9 +75,12 @@ def _cfg(root: Path, out: Path, *overrides: str):
 @pytest.fixture(scope="module")
 def multilabel_run(overlaps: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("multilabel_run")
-    cfg = _cfg(overlaps, out, "trainer.max_epochs=20", "optimizer.lr=0.01", "data.batch_size=8")
+    # 20 short epochs: last.ckpt every 10 and the PNGs at the end (and for the best checkpoint) only.
+    cfg = _cfg(overlaps, out, "trainer.max_epochs=20", "optimizer.lr=0.01", "data.batch_size=8",
+               "callbacks.last_checkpoint.every_n_epochs=10")  # fmt: skip
     with open_dict(cfg):  # this run draws its pictures (a blend of the present classes' colours)
         cfg.callbacks.validation_pictures = compose_named("train", []).callbacks.validation_pictures
+        cfg.callbacks.validation_pictures.png_every_n_epochs = 20
     metrics = train(cfg)
     assert metrics["val/miou"] > 0.8, metrics
     return out
