@@ -47,17 +47,11 @@ def build_callbacks(
             (Lightning would stop at the first epoch, after the data work, with a traceback); another
             callback that watches a ``val/`` metric when validation is off (it would never act).
     """
+    check_validation_watchers(cfg, validates)
     callbacks = []
     for key, entry in (cfg or {}).items():
-        if not entry:
+        if not entry or (not validates and key == "model_checkpoint"):
             continue
-        if not validates and str(entry.get("monitor") or "").startswith("val/"):
-            if key == "model_checkpoint":
-                continue
-            raise ConfigError(
-                f"callbacks.{key} watches {entry['monitor']}, and validation is off (trainer.limit_val_batches=0): "
-                f"drop it (callbacks.{key}=null) or validate (trainer.limit_val_batches=1.0)."
-            )
         if not with_logger and _target_name(entry) == LearningRateMonitor.__name__:
             raise ConfigError(
                 f"callbacks.{key} (LearningRateMonitor) logs to a logger, and logger=none: "
@@ -79,6 +73,26 @@ def build_callbacks(
             kwargs = {"dirpath": str(run.checkpoints)}
         callbacks.append(instantiate(entry, **kwargs))
     return callbacks
+
+
+def validates(trainer: Mapping | DictConfig) -> bool:
+    """Whether a run with these ``trainer`` settings validates at all (``limit_val_batches`` not 0)."""
+    limit = trainer.get("limit_val_batches")
+    return limit is None or limit != 0
+
+
+def check_validation_watchers(cfg: Mapping | None, validates: bool) -> None:
+    """Raises ``ConfigError`` when validation is off and a callback other than the run's best
+    checkpoint watches a ``val/`` metric: it would never act (EarlyStopping would stop the run at
+    its first epoch). Called before any output, and again where the callbacks are built."""
+    if validates:
+        return
+    for key, entry in (cfg or {}).items():
+        if entry and key != "model_checkpoint" and str(entry.get("monitor") or "").startswith("val/"):
+            raise ConfigError(
+                f"callbacks.{key} watches {entry['monitor']}, and validation is off (trainer.limit_val_batches=0): "
+                f"drop it (callbacks.{key}=null) or validate (trainer.limit_val_batches=1.0)."
+            )
 
 
 def _target_name(entry: Mapping | DictConfig) -> str:

@@ -28,7 +28,13 @@ from semseg.run_folder import RunFolder
 from semseg.task.module import SegmentationModule
 from semseg.task.per_image import write_per_image_scores
 from semseg.trainer_defaults import check_gpus_exist, refuse_spawned_ranks, slurm_plugins, trainer_kwargs
-from semseg.training.checkpoints import CheckpointBeside, build_callbacks, resume_checkpoint
+from semseg.training.checkpoints import (
+    CheckpointBeside,
+    build_callbacks,
+    check_validation_watchers,
+    resume_checkpoint,
+    validates,
+)
 from semseg.training.distributed import in_multirun, ranks_run_this_job
 from semseg.training.loggers import (
     LoggerRunsInCheckpoint,
@@ -89,6 +95,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     """
     check_gpus_exist(cfg.trainer)  # before any output: asking for absent GPUs is a config error
     refuse_spawned_ranks(cfg.trainer)
+    check_validation_watchers(cfg.get("callbacks"), validates(cfg.trainer))
     require_data_named(cfg.data)
     _suggest_pretrained(cfg)
     run = RunFolder(cfg.output_dir)
@@ -153,9 +160,7 @@ def _fit_and_evaluate(
     Without validation there is no best checkpoint: the final weights are tested, and the metrics
     say so (``validation: off``, ``checkpoint: last``)."""
     run = RunFolder(cfg.output_dir)
-    kwargs = trainer_kwargs(cfg.trainer, cfg.data)
-    validates = kwargs.get("limit_val_batches", 1.0) != 0
-    callbacks = build_callbacks(cfg.get("callbacks"), run, with_logger=bool(logger), validates=validates)
+    callbacks = build_callbacks(cfg.get("callbacks"), run, with_logger=bool(logger), validates=validates(cfg.trainer))
     # Not config choices: resuming replays the same epochs only if every epoch is seeded alike,
     # a failed rank 0 must not leave the other ranks waiting, and the run's record (an epoch's
     # line in train.log) must not depend on which callbacks a config picks.
@@ -167,6 +172,7 @@ def _fit_and_evaluate(
     if pruning is not None:
         callbacks.append(pruning)
     run_info = _model_cost(module, cfg.data, report)
+    kwargs = trainer_kwargs(cfg.trainer, cfg.data)
     if kwargs.pop("enable_model_summary", True):  # Lightning's own would say "Total FLOPs: 0"
         callbacks.append(ModelSummaryWithFlops(round(run_info["gflops"] * 1e9)))
     trainer = L.Trainer(
