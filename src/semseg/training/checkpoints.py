@@ -75,7 +75,7 @@ def build_callbacks(
     return callbacks
 
 
-def validates(trainer: Mapping | DictConfig) -> bool:
+def validation_is_on(trainer: Mapping | DictConfig) -> bool:
     """Whether a run with these ``trainer`` settings validates at all (``limit_val_batches`` not 0)."""
     limit = trainer.get("limit_val_batches")
     return limit is None or limit != 0

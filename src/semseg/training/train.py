@@ -33,7 +33,7 @@ from semseg.training.checkpoints import (
     build_callbacks,
     check_validation_watchers,
     resume_checkpoint,
-    validates,
+    validation_is_on,
 )
 from semseg.training.distributed import in_multirun, ranks_run_this_job
 from semseg.training.loggers import (
@@ -95,7 +95,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     """
     check_gpus_exist(cfg.trainer)  # before any output: asking for absent GPUs is a config error
     refuse_spawned_ranks(cfg.trainer)
-    check_validation_watchers(cfg.get("callbacks"), validates(cfg.trainer))
+    check_validation_watchers(cfg.get("callbacks"), validation_is_on(cfg.trainer))
     require_data_named(cfg.data)
     _suggest_pretrained(cfg)
     run = RunFolder(cfg.output_dir)
@@ -160,7 +160,8 @@ def _fit_and_evaluate(
     Without validation there is no best checkpoint: the final weights are tested, and the metrics
     say so (``validation: off``, ``checkpoint: last``)."""
     run = RunFolder(cfg.output_dir)
-    callbacks = build_callbacks(cfg.get("callbacks"), run, with_logger=bool(logger), validates=validates(cfg.trainer))
+    validates = validation_is_on(cfg.trainer)
+    callbacks = build_callbacks(cfg.get("callbacks"), run, with_logger=bool(logger), validates=validates)
     # Not config choices: resuming replays the same epochs only if every epoch is seeded alike,
     # a failed rank 0 must not leave the other ranks waiting, and the run's record (an epoch's
     # line in train.log) must not depend on which callbacks a config picks.
