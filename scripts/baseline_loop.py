@@ -5,9 +5,12 @@
 PyTorch + segmentation-models-pytorch and nothing of semseg: the training split decoded and
 resized once into memory, U-Net ResNet-18 from random weights, cross-entropy, AdamW 1e-3 with a
 poly schedule, horizontal flips, batch 8; the val split scored once at the end by torchmetrics.
-Prints one JSON line: val mIoU, pixel accuracy, per-class IoU and the wall clock of the whole
+Prints one JSON line: val mIoU, pixel accuracy, per-class IoU, the wall clock of the whole
 script (imports, decoding and evaluation included), as ``/usr/bin/time`` would count a train.py
-run. docs/camvid.md compares it with ``experiment=camvid`` at equal wall clock.
+run, and the training loop's own seconds and images. docs/camvid.md compares it with
+``experiment=camvid`` at equal wall clock; ``make bench`` (part g) times it against train.py as
+whole processes (``--no-eval``: training only, as a run with validation off). ``--device cuda
+--bf16`` trains on a GPU with bfloat16 autocast, as ``trainer=gpu`` does.
 """
 
 import argparse
@@ -52,22 +55,27 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-eval", action="store_true", help="train only: no val split read or scored")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--bf16", action="store_true", help="bfloat16 autocast around forward and loss")
     args = parser.parse_args()
     # torch loads after the command line is read (as in every script here: --help is quick).
     import segmentation_models_pytorch as smp
     import torch
-    from torchmetrics.classification import MulticlassConfusionMatrix
 
     torch.manual_seed(args.seed)
 
     train_x, train_y = load_split(args.root, "train", tuple(args.size))
-    model = smp.Unet("resnet18", encoder_weights=None, classes=args.num_classes)
+    device = torch.device(args.device)
+    model = smp.Unet("resnet18", encoder_weights=None, classes=args.num_classes).to(device)
     loss_fn = torch.nn.CrossEntropyLoss(ignore_index=args.ignore_index)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
     total_steps = args.epochs * (len(train_x) // args.batch_size)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: (1 - step / total_steps) ** 0.9)
 
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16)
     model.train()
+    train_started, train_images = time.perf_counter(), 0
     for _ in range(args.epochs):
         order = torch.randperm(len(train_x))
         for start in range(0, len(order) - args.batch_size + 1, args.batch_size):
@@ -75,28 +83,41 @@ def main() -> None:
             x, y = train_x[index], train_y[index]
             flip = torch.rand(len(index)) < 0.5
             x[flip], y[flip] = x[flip].flip(-1), y[flip].flip(-1)
-            loss = loss_fn(model(x), y)
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            with autocast:
+                loss = loss_fn(model(x), y)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
             scheduler.step()
+            train_images += len(index)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    result = {"train_s": round(time.perf_counter() - train_started, 2), "train_images": train_images}
+    if not args.no_eval:
+        result = evaluate(model, args, device, autocast) | result
+    print(json.dumps(result | {"wall_clock_s": round(time.perf_counter() - STARTED, 1), "args": vars(args)}))
+
+
+def evaluate(model, args, device, autocast) -> dict:
+    """mIoU, pixel accuracy and per-class IoU of ``model`` on the val split."""
+    import torch
+    from torchmetrics.classification import MulticlassConfusionMatrix
 
     val_x, val_y = load_split(args.root, "val", tuple(args.size))
-    confusion = MulticlassConfusionMatrix(args.num_classes, ignore_index=args.ignore_index)
+    confusion = MulticlassConfusionMatrix(args.num_classes, ignore_index=args.ignore_index).to(device)
     model.eval()
-    with torch.no_grad():
+    with torch.no_grad(), autocast:
         for start in range(0, len(val_x), args.batch_size):
-            logits = model(val_x[start : start + args.batch_size])
-            confusion.update(logits.argmax(1), val_y[start : start + args.batch_size])
+            logits = model(val_x[start : start + args.batch_size].to(device))
+            confusion.update(logits.argmax(1), val_y[start : start + args.batch_size].to(device))
     matrix = confusion.compute().double()
     iou = matrix.diag() / (matrix.sum(0) + matrix.sum(1) - matrix.diag())
-    print(json.dumps({
+    return {
         "val/miou": round(iou.nanmean().item(), 4),
         "val/pixel_acc": round((matrix.diag().sum() / matrix.sum()).item(), 4),
         "val/iou": [round(v, 4) for v in iou.tolist()],
-        "wall_clock_s": round(time.perf_counter() - STARTED, 1),
-        "args": vars(args),
-    }))  # fmt: skip
+    }
 
 
 if __name__ == "__main__":

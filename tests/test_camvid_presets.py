@@ -66,6 +66,7 @@ def test_the_baseline_loop_trains_and_scores_the_val_split(tiny_camvid: Path):
     scores = json.loads(result.stdout.strip().splitlines()[-1])
     assert 0.0 <= scores["val/miou"] <= 1.0 and 0.0 <= scores["val/pixel_acc"] <= 1.0
     assert len(scores["val/iou"]) == 11 and scores["wall_clock_s"] > 0  # void (11) is ignored, not scored
+    assert scores["train_images"] == 4 and scores["train_s"] > 0  # one epoch of the 4 frames
 
 
 @pytest.mark.parametrize("preset", ["camvid_skips", "camvid_losses", "camvid_architectures"])

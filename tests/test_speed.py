@@ -5,6 +5,7 @@ measure side by side, never for a test)."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -103,8 +104,8 @@ def test_the_gpu_check_runs_every_part_on_photolike_data_and_writes_its_results(
                f"data.root={tmp_path / 'photolike'}", f"bench.photolike={photolike}", "bench.image_size=[32,32]",
                "data.batch_size=2", "data.num_workers=0", "bench.warmup=1", "bench.steps=2", "bench.repeats=1",
                "bench.size=32", "bench.batch_size=2", "bench.models=[unet]", "bench.compile=[false]",
-               "bench.parts=[pipeline,loader,models,optimizer,scan,ddp]", "bench.scan_pairs=300",
-               f"hydra.run.dir={run}"]  # fmt: skip
+               "bench.parts=[pipeline,loader,models,optimizer,scan,ddp,process]", "bench.scan_pairs=300",
+               "bench.process.repeats=1", "bench.process.epochs=1", f"hydra.run.dir={run}"]  # fmt: skip
     result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=os.environ)
     assert result.returncode == 0, result.stderr[-3000:]
     assert len(list((tmp_path / "photolike" / "images" / "train").iterdir())) == 4  # generated
@@ -119,7 +120,13 @@ def test_the_gpu_check_runs_every_part_on_photolike_data_and_writes_its_results(
     ]
     assert all(r["images_per_s"] > 0 and r["train_gflops_per_image"] > 0 for r in rows)
     assert results["ddp"]["ok"] and results["ddp"]["backend"] == "gloo", results["ddp"]
-    for line in ("(a) pipeline / loop over the set preloaded in memory:", "(f) one-device DDP training (gloo): ok"):
+    assert math.isfinite(results["host_overhead_ms_per_step"])
+    # (g) train.py and the loop ran as whole processes, once each
+    whole = results["process_semseg_over_loop"]
+    assert 0 < whole["whole_process"] < float("inf") and 0 < whole["training_rate"] < float("inf")
+    assert [len(results["process_runs"][name]) for name in ("loop", "semseg")] == [1, 1]
+    for line in ("(a) pipeline / loop over the set preloaded in memory:", "(f) one-device DDP training (gloo): ok",
+                 "(g) whole process (epochs: 1, validation off), train.py (semseg) / the loop:"):  # fmt: skip
         assert line in result.stdout
     assert "| unet | bf16-mixed |" in result.stdout
 

@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from semseg.bench.architectures import bench_model
 from semseg.bench.ddp import ddp_smoke
+from semseg.bench.process import process_image_size, process_part, process_summary
 from semseg.bench.scan import startup_seconds
 from semseg.bench.timing import median
 from semseg.bench.training import (
@@ -69,8 +70,13 @@ def pipeline_part(cfg: DictConfig) -> dict:
         },
         cfg,
     )
+    results = medians(values)
+    # What Lightning, the callbacks and the logger add to a step over the same loader and step in a
+    # plain loop (what bounds a small model on a GPU); within the machine's noise, it may be negative.
+    per_image_s = 1 / results["pipeline_images_per_s"] - 1 / results["plain_loop_images_per_s"]
     return (
-        medians(values)
+        results
+        | {"host_overhead_ms_per_step": 1000 * cfg.data.batch_size * per_image_s}
         | ratio_of(values, "pipeline_images_per_s", "preloaded_loop_images_per_s", "pipeline_over_preloaded")
         | ratio_of(values, "pipeline_images_per_s", "plain_loop_images_per_s", "pipeline_over_plain")
     )
@@ -144,6 +150,7 @@ PARTS = {
     "models": models_part,
     "optimizer": optimizer_part,
     "ddp": ddp_smoke,
+    "process": process_part,
 }
 
 
@@ -152,6 +159,8 @@ def check_parts(cfg: DictConfig) -> None:
     for part in cfg.bench.parts:
         if part != "scan" and part not in PARTS:
             raise ConfigError(f"bench.parts: unknown part {part!r}; choose from {[*PARTS, 'scan']}.")
+    if "process" in cfg.bench.parts:
+        process_image_size(cfg)  # the loop resizes every image: refused without data.image_size
     if "optimizer" in cfg.bench.parts and "fused" not in cfg.optimizer:
         raise ConfigError(
             f"bench.parts: 'optimizer' compares optimizer.fused true and false, and {cfg.optimizer._target_} "
@@ -191,6 +200,8 @@ def summary(results: dict, scan_pairs: int) -> str:
                 f"{results['pipeline_images_per_s']:.2f} vs {results[other]:.2f} images/s; "
                 f"repeats {', '.join(f'{r:.3f}' for r in results[f'{ratio}_each'])})"
             )
+        lines.append(f"(a) host overhead per training step (pipeline over the plain loop): "
+                     f"{results['host_overhead_ms_per_step']:.1f} ms")  # fmt: skip
     if "loader_over_consumption" in results:
         lines.append(
             f"(b) data loader / model consumption: {results['loader_over_consumption']:.2f}x "
@@ -211,6 +222,7 @@ def summary(results: dict, scan_pairs: int) -> str:
         ddp = results["ddp"]
         outcome = f"ok, val/miou {ddp['val/miou']}" if ddp["ok"] else f"FAILED: {ddp['error']}"
         lines.append(f"(f) one-device DDP training ({ddp['backend']}): {outcome} ({ddp['seconds']} s)")
+    lines += process_summary(results)
     if results.get("models"):
         header = ["model", "precision", "channels_last", "compile", "images/s", "peak GB", "GFLOPs/img", "MFU"]
         rows = [

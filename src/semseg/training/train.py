@@ -36,6 +36,7 @@ from semseg.training.checkpoints import (
     validation_is_on,
 )
 from semseg.training.distributed import in_multirun, ranks_run_this_job
+from semseg.training.host_memory import check_reuse_host_memory, reuse_host_memory
 from semseg.training.loggers import (
     LoggerRunsInCheckpoint,
     build_logger,
@@ -97,6 +98,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     refuse_spawned_ranks(cfg.trainer)
     check_validation_watchers(cfg.get("callbacks"), validation_is_on(cfg.trainer))
     require_data_named(cfg.data)
+    check_reuse_host_memory(cfg.get("reuse_host_memory", "auto"))
     _suggest_pretrained(cfg)
     run = RunFolder(cfg.output_dir)
     with output_faults(run):
@@ -186,6 +188,7 @@ def _fit_and_evaluate(
     )
     log_run_config(trainer.loggers, cfg, module.hparams, {"params": run_info["params"], "gflops": run_info["gflops"]})
 
+    reuse_host_memory(cfg.get("reuse_host_memory", "auto"), trains_on_cpu=trainer.strategy.root_device.type == "cpu")
     started = time.perf_counter()
     # weights_only: resuming never runs code from the checkpoint file.
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
