@@ -105,7 +105,8 @@ def test_the_gpu_check_runs_every_part_on_photolike_data_and_writes_its_results(
                "data.batch_size=2", "data.num_workers=0", "bench.warmup=1", "bench.steps=2", "bench.repeats=1",
                "bench.size=32", "bench.batch_size=2", "bench.models=[unet]", "bench.compile=[false]",
                "bench.parts=[pipeline,loader,models,optimizer,scan,ddp,process]", "bench.scan_pairs=300",
-               "bench.process.repeats=1", "bench.process.epochs=1", f"hydra.run.dir={run}"]  # fmt: skip
+               "bench.process.repeats=1", "bench.process.epochs=1", f'bench.process.overrides=["{TINY_ENCODER}"]',
+               f"hydra.run.dir={run}"]  # fmt: skip
     result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=os.environ)
     assert result.returncode == 0, result.stderr[-3000:]
     assert len(list((tmp_path / "photolike" / "images" / "train").iterdir())) == 4  # generated
