@@ -33,9 +33,10 @@ from tests.per_image_runs import sweep
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def fake_run(folder: Path, loss: str, seed: int, miou: float) -> None:
+def fake_run(folder: Path, loss: str, seed: int, miou: float, *overrides: str) -> None:
     (folder / ".hydra").mkdir(parents=True)
-    (folder / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump([f"loss={loss}", f"seed={seed}", "logger=csv"]))
+    overrides = [f"loss={loss}", f"seed={seed}", "logger=csv", *overrides]
+    (folder / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
     (folder / ".hydra" / "config.yaml").write_text(yaml.safe_dump({"seed": seed}))
     choices = {"model": "unet", "loss": loss, "hydra/launcher": "basic"}
     (folder / ".hydra" / "hydra.yaml").write_text(yaml.safe_dump({"hydra": {"runtime": {"choices": choices}}}))
@@ -63,6 +64,14 @@ def test_runs_that_differ_in_seed_only_are_one_row_with_mean_and_std(tmp_path: P
     costs = "14.3 ± 0.0 | 2.5 ± 0.0 | 10.5 ± 0.7 | 0.5 ± 0.7"  # params (M), GFLOPs, train img/s, train (min)
     assert f"| loss=ce | {costs} |" in costs_table(rows)
     assert "| loss=ce | 0.275 |" in per_class_table(rows, per_class["val"], {})
+
+
+def test_a_seed_run_by_a_sweep_of_its_own_joins_the_row_of_the_seeds_sweep(tmp_path: Path):
+    fake_run(tmp_path / "sweep" / "0", "ce", 0, 0.50, "seeds=2")
+    fake_run(tmp_path / "sweep" / "1", "wce", 0, 0.70, "seeds=2")
+    fake_run(tmp_path / "rerun_of_seed_1" / "0", "ce", 1, 0.60)  # seed=1 loss=ce alone
+    rows = leaderboard(find_runs(tmp_path))
+    assert [(row.name, row.mean_std("val/miou")[0]) for row in rows] == [("loss=wce", 0.7), ("loss=ce", 0.55)]
 
 
 def test_the_script_writes_markdown_and_csv_and_compares_named_rows(tmp_path: Path):

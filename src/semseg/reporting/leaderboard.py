@@ -46,8 +46,11 @@ class Run:
     per_image: dict[str, PerImageScores] | None = None  # per_image_scores.npz by split, where written
 
     def name(self, common: set[str]) -> str:
-        """The overrides that set this run apart from the ``common`` ones, without the seed (``loss=wce``)."""
-        kept = [o for o in self.overrides if o not in common and not o.lstrip("+").startswith(("seed=", "hydra."))]
+        """The overrides that set this run apart from the ``common`` ones, without the seed (``loss=wce``)
+        and ``seeds`` (how a sweep chose seeds, not what a run trained: ``seed=1`` runs from a sweep of
+        their own join the ``seeds=3`` sweep's rows)."""
+        skipped = ("seed=", "seeds=", "hydra.")
+        kept = [o for o in self.overrides if o not in common and not o.lstrip("+").startswith(skipped)]
         return " ".join(kept) or "defaults"
 
 
