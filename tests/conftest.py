@@ -60,15 +60,6 @@ CHEAP = [
 ]
 
 
-# The modules of the longest tests (30-45 s each, mostly whole training processes), run first: the
-# two workers then end on short tests, not one of them idle while the other runs a long one.
-LONGEST_FIRST = ("test_speed.py", "test_optuna_sweeper.py", "test_experiments.py", "test_resilience.py")
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    items.sort(key=lambda item: item.path.name not in LONGEST_FIRST)  # a stable sort: modules stay whole
-
-
 @pytest.fixture(scope="session", autouse=True)
 def mask_cache(tmp_path_factory: pytest.TempPathFactory):
     """Tests keep the mask statistics cache out of the user's ~/.cache."""

@@ -20,6 +20,7 @@ import torch
 from omegaconf import open_dict
 
 from semseg.bench.architectures import bench_model
+from semseg.bench.process import loop_command, train_command
 from semseg.bench.run import check_parts
 from semseg.bench.scan import startup_seconds
 from semseg.errors import ConfigError
@@ -104,8 +105,7 @@ def test_the_gpu_check_runs_every_part_on_photolike_data_and_writes_its_results(
                f"data.root={tmp_path / 'photolike'}", f"bench.photolike={photolike}", "bench.image_size=[32,32]",
                "data.batch_size=2", "data.num_workers=0", "bench.warmup=1", "bench.steps=2", "bench.repeats=1",
                "bench.size=32", "bench.batch_size=2", "bench.models=[unet]", "bench.compile=[false]",
-               "bench.parts=[pipeline,loader,models,optimizer,scan,ddp,process]", "bench.scan_pairs=300",
-               "bench.process.repeats=1", "bench.process.epochs=1", f'bench.process.overrides=["{TINY_ENCODER}"]',
+               "bench.parts=[pipeline,loader,models,optimizer,scan,ddp]", "bench.scan_pairs=300",
                f"hydra.run.dir={run}"]  # fmt: skip
     result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=os.environ)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -122,14 +122,43 @@ def test_the_gpu_check_runs_every_part_on_photolike_data_and_writes_its_results(
     assert all(r["images_per_s"] > 0 and r["train_gflops_per_image"] > 0 for r in rows)
     assert results["ddp"]["ok"] and results["ddp"]["backend"] == "gloo", results["ddp"]
     assert math.isfinite(results["host_overhead_ms_per_step"])
-    # (g) train.py and the loop ran as whole processes, once each
+    for line in ("(a) pipeline / loop over the set preloaded in memory:", "(f) one-device DDP training (gloo): ok"):
+        assert line in result.stdout
+    assert "| unet | bf16-mixed |" in result.stdout
+
+
+def test_the_whole_process_commands_are_the_loops_recipe_as_train_py_overrides(tmp_path: Path):
+    """Part (g)'s commands, composed as train.py composes them (the end-to-end run is slow)."""
+    cfg = compose_named("benchmark", ["data.root=/data/roads", "data.num_classes=11", "data.ignore_index=11"])
+    command = train_command(cfg, tmp_path / "run", ["reuse_host_memory=false"])
+    overrides = [o for o in command[2:] if not o.startswith("hydra.")]
+    trains = compose_named("train", overrides)
+    assert (trains.model.arch, trains.model.encoder_name, trains.model.encoder_weights) == ("unet", "resnet18", None)
+    assert dict(trains.loss.terms) == {"ce": 1.0} and trains.loss.class_weights is None  # the loop's plain CE
+    assert trains.trainer.limit_val_batches == 0 and trains.trainer.max_epochs == cfg.bench.process.epochs
+    assert list(trains.data.image_size) == [192, 256] and trains.data.ignore_index == 11
+    assert trains.reuse_host_memory is False and not trains.logger  # logger=none
+    loop = loop_command(cfg)
+    assert loop[loop.index("--size") + 1 : loop.index("--size") + 3] == ["192", "256"]
+    assert "--no-eval" in loop and loop[loop.index("--ignore-index") + 1] == "11"
+    assert loop[loop.index("--lr") + 1] == str(trains.optimizer.lr)
+
+
+@pytest.mark.slow
+def test_the_whole_process_part_times_train_py_and_the_loop(tmp_path: Path):
+    run = tmp_path / "bench"
+    photolike = "{num_train: 4, num_val: 2, height: 36, width: 48, seed: 0}"
+    command = [sys.executable, str(ROOT / "scripts" / "benchmark.py"), f"data.root={tmp_path / 'photolike'}",
+               f"bench.photolike={photolike}", "bench.image_size=[32,32]", "data.batch_size=2", "bench.parts=[process]",
+               "bench.process.repeats=1", "bench.process.epochs=1", f'bench.process.overrides=["{TINY_ENCODER}"]',
+               f"hydra.run.dir={run}"]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=os.environ)
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = json.loads((run / "benchmark.json").read_text())
     whole = results["process_semseg_over_loop"]
     assert 0 < whole["whole_process"] < float("inf") and 0 < whole["training_rate"] < float("inf")
     assert [len(results["process_runs"][name]) for name in ("loop", "semseg")] == [1, 1]
-    for line in ("(a) pipeline / loop over the set preloaded in memory:", "(f) one-device DDP training (gloo): ok",
-                 "(g) whole process (epochs: 1, validation off), train.py (semseg) / the loop:"):  # fmt: skip
-        assert line in result.stdout
-    assert "| unet | bf16-mixed |" in result.stdout
+    assert "(g) whole process (epochs: 1, validation off), train.py (semseg) / the loop:" in result.stdout
 
 
 def test_model_measurements_stop_at_the_deadline():
