@@ -24,6 +24,7 @@ from omegaconf import DictConfig
 from semseg.bench.timing import median
 from semseg.errors import ConfigError
 from semseg.run_folder import RunFolder
+from semseg.trainer_defaults import uses_cuda
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +40,7 @@ def loop_command(cfg: DictConfig) -> list[str]:
     command = [sys.executable, str(SCRIPTS / "baseline_loop.py"), "--root", str(data.root)]
     command += ["--num-classes", str(data.num_classes), "--size", str(height), str(width)]
     command += ["--epochs", str(settings.epochs), "--batch-size", str(data.batch_size), "--lr", str(cfg.optimizer.lr)]
-    command += ["--no-eval", "--device", "cuda" if _on_gpu(cfg) else "cpu"]
+    command += ["--no-eval", "--device", "cuda" if uses_cuda(cfg.trainer) else "cpu"]
     if data.get("ignore_index") is not None:
         command += ["--ignore-index", str(data.ignore_index)]
     if str(cfg.trainer.precision).startswith("bf16"):
@@ -57,7 +58,8 @@ def train_command(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> list[
         f"data.image_size=[{height},{width}]", f"data.batch_size={data.batch_size}",
         "model=unet", "model.encoder_name=resnet18", "model.encoder_weights=null",
         "loss=ce", "optimizer=adamw", f"optimizer.lr={cfg.optimizer.lr}", "augment=hflip",
-        f"trainer.accelerator={'gpu' if _on_gpu(cfg) else 'cpu'}", f"trainer.precision={cfg.trainer.precision}",
+        f"trainer.accelerator={'gpu' if uses_cuda(cfg.trainer) else 'cpu'}",
+        f"trainer.precision={cfg.trainer.precision}",
         f"trainer.max_epochs={settings.epochs}", "trainer.limit_val_batches=0", "logger=none",
         f"hydra.run.dir={run_dir}",
     ]  # fmt: skip
@@ -73,12 +75,6 @@ def process_image_size(cfg: DictConfig) -> tuple[int, int]:
         )
     height, width = cfg.data.image_size
     return int(height), int(width)
-
-
-def _on_gpu(cfg: DictConfig) -> bool:
-    from semseg.bench.training import bench_device
-
-    return bench_device(cfg).type == "cuda"
 
 
 def _run(command: list[str], what: str) -> tuple[dict, str]:
