@@ -89,7 +89,7 @@ def test_formats_a_model_cannot_take_are_refused(checkpoint, tmp_path):
     with pytest.raises(ConfigError, match=r"format=torchscript.*use torch_export"):
         export(export_cfg(checkpoint, "format=torchscript"))
     module = load_module(checkpoint)
-    fcn = type(module)(**{**module.hparams, "model": {**module.hparams.model, "arch": "fcn"}})
+    fcn = type(module)(**{**module.hparams, "model": {**module.hparams.model, "arch": "fcn", "kwargs": {}}})
     path = tmp_path / "fcn.ckpt"
     torch.save({"state_dict": fcn.state_dict(), "hyper_parameters": dict(fcn.hparams)}, path)
     with pytest.raises(ConfigError, match="FCN is this repository's own architecture"):

@@ -69,7 +69,9 @@ def overlaps(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _cfg(root: Path, out: Path, *overrides: str):
-    return folder_cfg(root, out, *MULTILABEL, "loss=ce_dice", *overrides)
+    # U-Net's own decoder, not the tests' narrow one: overlapping classes need its width to be learnt.
+    wide = "model.kwargs.decoder_channels=[256,128,64,32,16]"
+    return folder_cfg(root, out, *MULTILABEL, "loss=ce_dice", wide, *overrides)
 
 
 @pytest.fixture(scope="module")
