@@ -7,11 +7,6 @@ from tests.conftest import compose_cfg
 from tests.models.suite import ModelSuite
 
 
-class TestUperNetByName(ModelSuite):
-    cfg = {"arch": "upernet", "encoder_name": "resnet18"}
-    params_millions = (19.4, 19.6)
-
-
 def test_the_smp_config_takes_any_registered_architecture():
     cfg = compose_cfg(["model=smp", "model.arch=upernet"]).model
     assert cfg.arch == "upernet" and cfg.encoder_name == "resnet18"

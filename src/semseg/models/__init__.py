@@ -55,7 +55,8 @@ class SegmentationNet(nn.Module):
             self.architecture.to(memory_format=torch.channels_last)
         self.register_load_state_dict_pre_hook(_rename_old_keys)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def padded(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` padded at the bottom and right to a multiple of the stride, in the network's memory format."""
         height, width = x.shape[-2:]
         bottom, right = -height % self.stride, -width % self.stride
         # Exported graphs (ONNX, torch.export) always pad: a branch on the size would fix the
@@ -65,8 +66,28 @@ class SegmentationNet(nn.Module):
             x = F.pad(x, (0, right, 0, bottom), mode="replicate")
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        logits = self.architecture(x)
+        return x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        height, width = x.shape[-2:]
+        logits = self.architecture(self.padded(x))
         return logits[..., :height, :width]
+
+    @property
+    def computes_own_loss(self) -> bool:
+        """Whether the architecture trains on a loss of its own (mask classification's matched
+        losses) rather than on the ``loss`` config's terms over its logits."""
+        return hasattr(self.architecture, "training_loss")
+
+    def training_loss(
+        self, x: torch.Tensor, target: torch.Tensor, ignore_index: int
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The architecture's own training loss (``computes_own_loss``) on ``x`` and its (N, H, W)
+        class targets, both padded to the stride (the target with ``ignore_index``)."""
+        height, width = x.shape[-2:]
+        bottom, right = -height % self.stride, -width % self.stride
+        target = F.pad(target, (0, right, 0, bottom), value=ignore_index)
+        return self.architecture.training_loss(self.padded(x), target, ignore_index)
 
 
 def _rename_old_keys(module: nn.Module, state_dict: dict, prefix: str, *args) -> None:
@@ -105,6 +126,8 @@ def architecture_kwargs(cfg: Mapping) -> dict[str, Any]:
         case "segformer":
             wide = cfg["encoder_name"] in SEGFORMER_WIDE_ENCODERS
             kwargs["decoder_segmentation_channels"] = cfg.get("decoder_channels") or (768 if wide else 256)
+        case "upernet":
+            kwargs["decoder_channels"] = int(cfg.get("decoder_channels") or 256)
         case "dpt":
             # timm's ViTs otherwise take only their pretraining size (224, or DINOv2's 518); with
             # it they interpolate the position embeddings to any grid of patches.

@@ -20,7 +20,7 @@ from semseg.errors import ConfigError
 from semseg.task.metrics import boundary_band
 
 MULTICLASS = smp.losses.MULTICLASS_MODE
-TERMS = ("ce", "dice", "focal", "lovasz", "tversky", "boundary_ce")
+TERMS = ("ce", "dice", "focal", "lovasz", "tversky", "boundary_ce", "ohem_ce")
 # The terms with a sigmoid form (data.mode binary and multilabel): ce is then binary cross-entropy.
 SIGMOID_TERMS = ("ce", "dice", "focal", "lovasz", "tversky")
 # boundary_ce's band width when its config names none (``loss.terms.boundary_ce: 1.0``);
@@ -66,6 +66,64 @@ class BoundaryWeightedCE(nn.Module):
         return (weights * pixel_loss).sum() / weights.sum().clamp(min=torch.finfo(logits.dtype).eps)
 
 
+class OhemCrossEntropy(nn.Module):
+    """Cross-entropy over the hard pixels only: online hard example mining (Shrivastava et al. 2016)
+    as MMSegmentation's ``OHEMPixelSampler`` applies it to segmentation.
+
+    A pixel is kept when its probability of its true class is below ``threshold``; when fewer than
+    ``min_kept`` pixels per image are that hard, the threshold rises to the probability of the
+    ``min_kept``-th hardest, so at least that many count (MMSegmentation's rule, over the batch).
+    The loss is the (class-weighted) mean over the kept pixels: easy pixels, most of them background
+    and road, stop diluting the gradient of the rare and the difficult. Written here because
+    neither torch nor smp has it.
+
+    Args:
+        ignore_index: target value left out.
+        class_weights: optional per-class weights, multiplied in.
+        threshold: probability of the true class below which a pixel is hard (MMSegmentation: 0.7).
+        min_kept: pixels kept per image at least (MMSegmentation: 100000 at 512x1024, a fifth of them).
+    """
+
+    def __init__(
+        self,
+        ignore_index: int,
+        class_weights: torch.Tensor | None = None,
+        threshold: float = 0.7,
+        min_kept: int = 10000,
+    ):
+        super().__init__()
+        if not 0 < threshold <= 1 or int(min_kept) != min_kept or min_kept < 0:
+            raise ConfigError(
+                f"loss.terms.ohem_ce: threshold={threshold} must be in (0, 1] and min_kept={min_kept} a "
+                "whole number >= 0 (MMSegmentation's: threshold 0.7, min_kept 100000 per 512x1024 image)."
+            )
+        self.ignore_index, self.threshold, self.min_kept = ignore_index, float(threshold), int(min_kept)
+        self.register_buffer("class_weights", class_weights)
+
+    @torch.no_grad()
+    def kept(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """(N, H, W) bool: the pixels the loss counts."""
+        valid = target != self.ignore_index
+        classes = torch.where(valid, target, 0).unsqueeze(1)
+        true_probability = logits.softmax(dim=1).gather(1, classes).squeeze(1)
+        counted = true_probability[valid]
+        if counted.numel() == 0:
+            return valid
+        # The min_kept-th smallest probability (MMSegmentation sorts; the k-th value is all it needs).
+        rank = min(self.min_kept * target.shape[0], counted.numel() - 1)
+        floor = counted.float().kthvalue(rank + 1).values
+        return valid & (true_probability < torch.clamp(floor, min=self.threshold))
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        keep = self.kept(logits, target)
+        classes = torch.where(keep, target, 0)
+        pixel_loss = F.cross_entropy(logits, classes, reduction="none")
+        weights = keep.to(logits.dtype)
+        if self.class_weights is not None:
+            weights = weights * self.class_weights[classes]
+        return (weights * pixel_loss).sum() / weights.sum().clamp(min=torch.finfo(logits.dtype).eps)
+
+
 def build_term(name: str, ignore_index: int, class_weights: Sequence[float] | None, **params: Any) -> nn.Module:
     """One loss term on (N, C, H, W) logits and (N, H, W) class-index targets.
 
@@ -87,6 +145,8 @@ def build_term(name: str, ignore_index: int, class_weights: Sequence[float] | No
             return smp.losses.TverskyLoss(MULTICLASS, ignore_index=ignore_index, class_weights=listed, **params)
         case "boundary_ce":
             return BoundaryWeightedCE(ignore_index, weights, **params)
+        case "ohem_ce":
+            return OhemCrossEntropy(ignore_index, weights, **params)
         case _:
             raise ConfigError(f"unknown loss term '{name}' in loss.terms; valid terms: {', '.join(TERMS)}.")
 

@@ -22,6 +22,7 @@ from semseg.data.palette import class_palette
 from semseg.errors import ConfigError, TrainingDiverged
 from semseg.inference.tiling import InferenceSettings, logits_to_prediction, predict_logits
 from semseg.models import build_model, encoder_normalization
+from semseg.models.aux_head import AuxHeadSettings, AuxiliaryHead, encoder_stage_channels
 from semseg.run_folder import RunFolder
 from semseg.task.losses import build_loss
 from semseg.task.metrics import (
@@ -106,6 +107,11 @@ class SegmentationModule(L.LightningModule):
         self.save_hyperparameters()
         self.net = build_model(model, in_channels, num_classes)
         self._fine_tuning()  # a bad fine-tuning setting stops here, before any work
+        self.aux_settings = AuxHeadSettings.from_config(model.get("aux_head"))
+        self.aux_head = self._build_aux_head(num_classes)
+        # The aux head's input, kept by a hook on the encoder while fitting (on_fit_start).
+        self._aux_features: torch.Tensor | None = None
+        self._aux_hook = None
         normalization = dict(normalization or {})
         if normalization.get("mean") is None or normalization.get("std") is None:
             normalization["mean"], normalization["std"] = encoder_normalization(model, in_channels)
@@ -157,6 +163,54 @@ class SegmentationModule(L.LightningModule):
         if option and not self._compiled:
             self.net.compile(**({} if option is True else dict(option)))
             self._compiled = True
+
+    def _build_aux_head(self, num_classes: int) -> AuxiliaryHead | None:
+        """``model.aux_head``'s head on its encoder stage, or None when its weight is 0. It lives in
+        this module, not in the network: checkpoints hold it (to resume), exports and inference never see it."""
+        if not self.aux_settings.enabled:
+            return None
+        arch = self.hparams.model["arch"]
+        if self.net.computes_own_loss:
+            raise ConfigError(
+                f"model.aux_head: model.arch={arch} trains on a loss of its own; set model.aux_head.weight=0."
+            )
+        channels = encoder_stage_channels(self._encoder(), self.aux_settings, arch)
+        return AuxiliaryHead(channels, self.aux_settings.channels, num_classes)
+
+    def on_fit_start(self) -> None:
+        # A hook for the fit only (not per step: a compiled network would be re-traced at every
+        # change of its hooks), removed when fitting ends, before evaluation and exports.
+        if self.aux_head is not None and self._aux_hook is None:
+            self._aux_hook = self._encoder().register_forward_hook(self._keep_aux_features)
+
+    def on_fit_end(self) -> None:
+        if self._aux_hook is not None:
+            self._aux_hook.remove()
+            self._aux_hook, self._aux_features = None, None
+
+    def _keep_aux_features(self, _encoder: nn.Module, _inputs: Any, features: Sequence[torch.Tensor]) -> None:
+        if self.training:
+            self._aux_features = features[self.aux_settings.stage]
+
+    def _training_loss(
+        self, images: torch.Tensor, masks: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The training objective and its named terms: the architecture's own loss (mask
+        classification), or the ``loss`` config's terms over the logits, plus ``aux`` (the same
+        terms over the aux head's logits, weighted ``model.aux_head.weight``) when there is one."""
+        if self.net.computes_own_loss:
+            return self.net.training_loss(images, masks, self.hparams.ignore_index)
+        total, terms = self.loss(self(images), masks)
+        if self.aux_head is None:
+            return total, terms
+        features, self._aux_features = self._aux_features, None
+        if features is None:
+            raise RuntimeError("the aux head's encoder features were not captured: training steps run inside fit()")
+        height, width = images.shape[-2:]
+        stride = self.net.stride  # the encoder saw the input padded to the stride: crop as the logits are
+        aux_logits = self.aux_head(features, (height + (-height % stride), width + (-width % stride)))
+        aux_total, _ = self.loss(aux_logits[..., :height, :width], masks)
+        return total + self.aux_settings.weight * aux_total, {**terms, "aux": aux_total}
 
     def _encoder(self) -> nn.Module | None:
         """The network's encoder (smp's architectures and semseg's FCN call it ``encoder``), or None."""
@@ -254,10 +308,9 @@ class SegmentationModule(L.LightningModule):
 
     def _shared_step(self, batch: dict[str, Any], stage: str) -> tuple[torch.Tensor, torch.Tensor | None]:
         images, masks = batch["image"], batch["mask"]
-        logits = self(images) if stage == "train" else self.predict_logits(images)
-        total, terms = self.loss(logits, masks)
         batch_size = images.shape[0]
         if stage == "train":
+            total, terms = self._training_loss(images, masks)
             # Tensors go to self.log unconverted: Lightning reduces them on the device, with no
             # per-step .item() sync of our own. Not prog_bar=True: Lightning would convert the
             # value after every batch (the bar reads it itself: callbacks.LossProgressBar).
@@ -265,6 +318,8 @@ class SegmentationModule(L.LightningModule):
             for name, value in terms.items():
                 self.log(f"train/loss_{name}", value, on_step=True, batch_size=batch_size)
         else:
+            logits = self.predict_logits(images)
+            total = self.loss(logits, masks)[0]
             self.log(f"{stage}/loss", total, on_epoch=True, sync_dist=True, batch_size=batch_size)
             preds = self.prediction(logits)
             if self.mode == MULTICLASS:
