@@ -192,9 +192,7 @@ class SegmentationModule(L.LightningModule):
         if self.training:
             self._aux_features = features[self.aux_settings.stage]
 
-    def _training_loss(
-        self, images: torch.Tensor, masks: torch.Tensor
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def _training_loss(self, images: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The training objective and its named terms: the architecture's own loss (mask
         classification), or the ``loss`` config's terms over the logits, plus ``aux`` (the same
         terms over the aux head's logits, weighted ``model.aux_head.weight``) when there is one."""
