@@ -8,6 +8,7 @@ import logging
 from collections.abc import Mapping
 from pathlib import Path
 
+import numpy as np
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
@@ -17,6 +18,7 @@ from semseg.data.class_weights import resolve_class_weights
 from semseg.data.colour_labels import colour_palette, palette_file
 from semseg.data.inspection import DataReport, inspect_before_training
 from semseg.data.mask_encoding import resolve_class_names
+from semseg.data.rare_class import RareClassSettings, describe_draws, sampler_settings
 from semseg.models import ARCHITECTURES
 from semseg.models.pretrained import replaced_keys, resolve_from_pretrained, start_from
 from semseg.run_folder import RunFolder
@@ -117,12 +119,17 @@ def _resumes(resume_from: str | None, cfg: DictConfig) -> bool:
     return not (resume_from == "last" and not RunFolder(cfg.output_dir).last_checkpoint.is_file())
 
 
-def build_datamodule(data: DictConfig | Mapping, seed: int | None = None) -> SegmentationDataModule:
-    """The data module for a ``data`` config (``module`` normalises its batches on the device)."""
+def build_datamodule(
+    data: DictConfig | Mapping, seed: int | None = None, report: DataReport | None = None
+) -> SegmentationDataModule:
+    """The data module for a ``data`` config (``module`` normalises its batches on the device);
+    ``report``: the start-up inspection's, whose per-image class pixels ``data.sampler=rare_class``
+    draws by."""
     if isinstance(data, DictConfig):
         data = OmegaConf.to_container(data, resolve=True)
     kwargs = {k: v for k, v in data.items() if k not in _DATA_KEYS_FOR_MODULE}
-    return SegmentationDataModule(**kwargs, seed=seed)
+    pixels = report.splits["train"].image_class_pixels if report is not None else None
+    return SegmentationDataModule(**kwargs, seed=seed, train_class_pixels=pixels)
 
 
 def build_run(
@@ -134,13 +141,31 @@ def build_run(
     The data set is checked first, before any work: a bad file stops here, with its name and fix.
     """
     rank_zero = rank_zero_only.rank == 0  # under DDP every rank checks, rank 0 says what it found
+    # Before the inspection, which may read every mask: a mistyped sampler fails at once.
+    sampling = sampler_settings(cfg.data.get("sampler"), _container(cfg.data.get("rare_class")))
     report = inspect_before_training(OmegaConf.to_container(cfg.data, resolve=True), say=rank_zero)
+    if sampling is not None:
+        _describe_draws(report, sampling, say=rank_zero)
     class_weights = resolve_class_weights(cfg.loss.get("class_weights"), report.class_names, report.train_counts)
     if rank_zero:
         _log_class_weights(cfg.loss.get("class_weights"), report.class_names, class_weights)
     normalization = input_normalization(OmegaConf.to_container(cfg.data, resolve=True), report.image_dtype)
     module = build_module(cfg, class_weights, resume_from, normalization)
-    return report, module, build_datamodule(cfg.data, seed)
+    return report, module, build_datamodule(cfg.data, seed, report)
+
+
+def _container(node: object) -> object:
+    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
+
+
+def _describe_draws(report: DataReport, sampling: RareClassSettings, say: bool) -> None:
+    """Puts ``data.sampler=rare_class``'s draws in the report (data_report.json) and, with ``say``,
+    the class draw probabilities in the log."""
+    pixels = np.stack(list(report.splits["train"].image_class_pixels.values()))
+    report.rare_class_sampling = describe_draws(sampling, report.class_names, pixels)
+    if say:
+        named = ", ".join(f"{name} {p:.4g}" for name, p in report.rare_class_sampling["class_probabilities"].items())
+        log.info(f"data.sampler=rare_class (temperature {sampling.temperature:g}): class draw probabilities {named}")
 
 
 def _log_class_weights(spec: object, class_names: list[str], weights: list[float] | None) -> None:

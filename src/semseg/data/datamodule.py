@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import torch
 from lightning.pytorch.accelerators import CPUAccelerator
 from torch.utils.data import DataLoader
@@ -18,6 +19,7 @@ from semseg.data.layout import DataLayout
 from semseg.data.loader_workers import init_worker
 from semseg.data.mask_encoding import resolve_class_names
 from semseg.data.multilabel_masks import mask_encoder
+from semseg.data.rare_class import RareClassSampler, sampler_settings
 from semseg.data.reading import is_8_bit_grey_or_colour
 from semseg.data.samples import FileSamples, PackedSamples, sample_source
 from semseg.data.sampling import EpochSampler
@@ -45,7 +47,8 @@ class SegmentationDataModule(L.LightningDataModule):
     (``semseg.data.batch``: the LightningModule normalises them on its device).
 
     Args mirror the ``data`` config group (see conf/data/*.yaml); ``seed`` makes the
-    augmentations reproducible.
+    augmentations reproducible; ``train_class_pixels`` (mask path -> pixels per class, from the
+    start-up inspection: ``SplitReport.image_class_pixels``) is what ``sampler=rare_class`` draws by.
     """
 
     def __init__(
@@ -68,7 +71,10 @@ class SegmentationDataModule(L.LightningDataModule):
         cache: str = "auto",
         cache_max_gb: float = 4.0,
         mode: str = "multiclass",
+        sampler: str | None = None,
+        rare_class: Mapping | None = None,
         seed: int | None = None,
+        train_class_pixels: Mapping[Path, np.ndarray] | None = None,
     ):
         super().__init__()
         self.root = Path(root)
@@ -86,6 +92,8 @@ class SegmentationDataModule(L.LightningDataModule):
         self.synthetic = SyntheticSpec(**synthetic) if synthetic else None
         self.image_size = image_size
         self.cache, self.cache_max_gb = cache, cache_max_gb
+        self.rare_class = sampler_settings(sampler, rare_class)  # None: the plain shuffle
+        self.train_class_pixels = train_class_pixels
         # Without a seed, one drawn here: shuffling and augmentations still need one (EpochSampler).
         self.seed = secrets.randbits(31) if seed is None else int(seed)
         self.train_transform = build_transforms(
@@ -121,7 +129,8 @@ class SegmentationDataModule(L.LightningDataModule):
             image, mask = source[0]
             if not is_8_bit_grey_or_colour(image.dtype.name, image.shape[2]):
                 check_augmentations(transform, image, mask)
-        return SegmentationDataset(files.pairs, source, transform, self.seed)
+        crop = self.rare_class.crop if split == "train" and self.rare_class else None
+        return SegmentationDataset(files.pairs, source, transform, self.seed, class_crop=crop)
 
     @property
     def has_test_split(self) -> bool:
@@ -171,9 +180,30 @@ class SegmentationDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         dataset, trainer = self.datasets["train"], self.trainer
         if trainer is None:  # used on its own: the caller sets the epoch
-            return self._loader(dataset, EpochSampler(dataset, self.seed))
-        sampler = EpochSampler(dataset, self.seed, trainer.world_size, trainer.global_rank, self._fit_epoch)
-        return self._loader(dataset, sampler)
+            return self._loader(dataset, self._train_sampler(dataset))
+        ranks = (trainer.world_size, trainer.global_rank, self._fit_epoch)
+        return self._loader(dataset, self._train_sampler(dataset, *ranks))
+
+    def _train_sampler(self, dataset: SegmentationDataset, *ranks) -> EpochSampler:
+        """``data.sampler``'s: the plain shuffle, or rare-class draws (``semseg.data.rare_class``);
+        ``ranks``: EpochSampler's num_replicas, rank and epoch_source."""
+        if self.rare_class is None:
+            return EpochSampler(dataset, self.seed, *ranks)
+        return RareClassSampler(dataset, self._class_pixels(dataset), self.rare_class, self.seed, *ranks)
+
+    def _class_pixels(self, dataset: SegmentationDataset) -> np.ndarray:
+        """``train_class_pixels`` in the data set's order, matched by mask path."""
+        if self.train_class_pixels is None:
+            raise DataError(
+                "data.sampler=rare_class draws by the train masks' class pixels: pass train_class_pixels "
+                "(semseg.data.inspection.inspect_data(...).splits['train'].image_class_pixels), as training does."
+            )
+        missing = [mask for _, mask in dataset.pairs if mask not in self.train_class_pixels]
+        if missing:
+            raise DataError(
+                f"{missing[0]}: not among the train masks counted at start-up (the split changed?); run again."
+            )
+        return np.stack([self.train_class_pixels[mask] for _, mask in dataset.pairs])
 
     def _fit_epoch(self) -> int:
         """The epoch the trainer is in (or resumes at): what Lightning passes to set_epoch."""

@@ -46,6 +46,13 @@ class SplitReport:
     counts: ClassCounts | None = None
     ignored_pixels: int = 0
     image_sizes: dict[str, int] = field(default_factory=dict)  # "WxH" -> images of that size
+    # Each counted mask's pixels per class, by mask path: what data.sampler=rare_class draws by.
+    image_class_pixels: dict[Path, np.ndarray] = field(default_factory=dict)
+
+    def add(self, mask_path: Path, class_pixels: np.ndarray) -> None:
+        """Counts one mask, given its pixels per class."""
+        self.counts.add(class_pixels)
+        self.image_class_pixels[mask_path] = class_pixels
 
 
 @dataclass
@@ -65,6 +72,8 @@ class DataReport:
     image_bands: int | None = None  # the images' stored bands when they share a number
     # False in binary and multilabel tasks, whose sigmoid losses take no class weights: none suggested.
     weights_apply: bool = True
+    # data.sampler=rare_class's draws (semseg.data.rare_class.describe_draws), set by training.
+    rare_class_sampling: dict | None = None
 
     @property
     def ok(self) -> bool:
@@ -116,7 +125,7 @@ class DataReport:
             "stored_mask_values": {str(value): pixels for value, pixels in self.stored_values.items()},
             "unmapped_colours": self.unmapped_colours,
             "images": {"dtype": self.image_dtype, "bands": self.image_bands},
-        }
+        } | ({} if self.rare_class_sampling is None else {"rare_class_sampling": self.rare_class_sampling})
 
     def summary(self, max_problems: int = 50) -> str:
         """A readable table of the splits, classes and suggested weights, then the problems."""
@@ -251,7 +260,7 @@ def _count_colours(
     ignored = codes == MASK_PAD_CODE
     report.ignored_pixels += int(counts[ignored].sum())
     class_pixels = np.bincount(codes[~ignored], weights=counts[~ignored], minlength=encoder.num_classes)
-    report.counts.add(class_pixels.astype(np.int64))
+    report.add(path, class_pixels.astype(np.int64))
 
 
 def _unmapped_colours(unmapped: Mapping[int, list], files_listed: int = 3) -> tuple[list[dict], list[Problem]]:
@@ -296,7 +305,7 @@ def _count_classes(
     ignored = codes == MASK_PAD_CODE
     report.ignored_pixels += int(counts[ignored].sum())
     class_pixels = np.bincount(codes[~ignored], weights=counts[~ignored], minlength=encoder.num_classes)
-    report.counts.add(class_pixels.astype(np.int64))
+    report.add(path, class_pixels.astype(np.int64))
     return None
 
 

@@ -183,7 +183,7 @@ def inspect_multilabel(data: Mapping, layout, class_names: list[str], full: bool
                 continue
             ignored = planes == MASK_PAD_CODE
             report.ignored_pixels += int(ignored[..., 0].sum())
-            report.counts.add(((planes == 1) & ~ignored).sum(axis=(0, 1)).astype(np.int64))
+            report.add(mask_path, ((planes == 1) & ~ignored).sum(axis=(0, 1)).astype(np.int64))
         splits[split] = report
     images = check_images(headers, data.get("in_channels", 3))
     notes = [f"data.mode=multilabel: {len(class_names)} classes, each present or absent at every pixel."]

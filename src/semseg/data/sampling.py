@@ -7,7 +7,8 @@ persistent loader workers keep their own states, out of the checkpoint's reach. 
 epoch's randomness is derived from the run's seed and the epoch number:
 
 - ``EpochSampler`` shuffles with ``(seed, epoch)`` (torch's DistributedSampler does exactly
-  that, also for one process) and hands each index to the data set together with its epoch;
+  that, also for one process) and hands each index to the data set together with its epoch
+  (``semseg.data.rare_class.RareClassSampler`` draws by class from ``(seed, epoch, rank)`` instead);
 - the data set reseeds the augmentations for every sample with ``sample_seed(seed, epoch,
   index)``, whichever worker reads it;
 - ``EpochSeeding`` reseeds the global generators (dropout, drop-path) at each epoch's first
@@ -31,9 +32,10 @@ from torch.utils.data import Dataset, DistributedSampler
 from semseg.lightning_private import restart_training_iterator, training_loaders
 
 
-def sample_seed(seed: int, epoch: int, index: int) -> int:
-    """A 32-bit seed for one sample of one epoch, independent of worker and rank."""
-    return int(np.random.SeedSequence([seed, epoch, index]).generate_state(1)[0])
+def sample_seed(seed: int, epoch: int, index: int, *draw: int) -> int:
+    """A 32-bit seed for one sample of one epoch, independent of worker and rank; ``draw``: what
+    tells apart draws of one image in an epoch (``semseg.data.rare_class``)."""
+    return int(np.random.SeedSequence([seed, epoch, index, *draw]).generate_state(1)[0])
 
 
 class EpochSampler(DistributedSampler):
