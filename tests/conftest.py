@@ -11,6 +11,7 @@ from pathlib import Path
 import cv2
 import pytest
 import torch
+from filelock import FileLock
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf, open_dict
 
@@ -177,18 +178,29 @@ def console_output(run: Path) -> bytes:
 
 
 @pytest.fixture(scope="session")
-def trained_run(tiny_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def trained_run(tiny_root: Path, tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> Path:
     """A run folder of a model trained for 2 epochs on the tiny data set (checkpoints, metrics.json,
     train.log) by ``scripts/train.py``, as a user runs it: its output, stdout and stderr into one
-    pipe as in a batch job, is kept beside the folder (``console_output``)."""
-    folder = tmp_path_factory.mktemp("trained") / "run"
+    pipe as in a batch job, is kept beside the folder (``console_output``).
+
+    Trained once per test session: under pytest-xdist the first worker to need it trains it into
+    the folder the workers share, and the others wait for it and read it (tests only read it)."""
+    base = tmp_path_factory.getbasetemp()
+    shared = base if worker_id == "master" else base.parent
+    folder = shared / "trained" / "run"
+    with FileLock(shared / "trained.lock"):
+        if not (folder / "metrics.json").is_file():
+            _train_into(folder, tiny_root)
+    return folder
+
+
+def _train_into(folder: Path, tiny_root: Path) -> None:
     cheap = [o for o in CHEAP if o != "trainer.enable_model_summary=false"]  # tests/test_console.py reads it
     command = [sys.executable, str(CONF_DIR.parent / "scripts" / "train.py"), *cheap, *tiny_data(tiny_root),
                "trainer.max_epochs=2", f"hydra.run.dir={folder}"]  # fmt: skip
     result = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=600)
     (folder.parent / "console.txt").write_bytes(result.stdout)
     assert result.returncode == 0, result.stdout.decode(errors="replace")[-4000:]
-    return folder
 
 
 def assert_per_image_scores_match(folder: Path, splits: tuple[str, ...] = ("val", "test")) -> None:

@@ -20,6 +20,7 @@ from semseg.data.inspection import DataReport, inspect_before_training
 from semseg.data.mask_encoding import resolve_class_names
 from semseg.data.rare_class import RareClassSettings, describe_draws, sampler_settings
 from semseg.models import ARCHITECTURES
+from semseg.models.mask_classification import MASK_ARCHITECTURES, resolved_model_config
 from semseg.models.pretrained import replaced_keys, resolve_from_pretrained, start_from
 from semseg.run_folder import RunFolder
 from semseg.task.module import SegmentationModule
@@ -56,7 +57,7 @@ def build_module(
     if isinstance(label_map, str):  # a palette file, likewise
         container["data"]["label_map"] = str(palette_file(label_map, data.root).resolve())
     module = SegmentationModule(
-        model=_model_config(container["model"]),
+        model=_model_config(container["model"], data.in_channels, data.num_classes),
         loss=container["loss"],
         optimizer=container["optimizer"],
         param_groups=container.get("param_groups"),
@@ -80,9 +81,12 @@ def build_module(
     return module
 
 
-def _model_config(model: dict) -> dict:
-    """The ``model`` config, with the architecture of ``model.from_pretrained`` when it names one
-    (saved so as the module's hyper-parameters: its checkpoints describe the network)."""
+def _model_config(model: dict, in_channels: int, num_classes: int) -> dict:
+    """The ``model`` config, with the architecture of ``model.from_pretrained`` when it names one, or
+    of a mask-classification model in full (``model.pretrained``'s, with ``model.hf_config``):
+    saved so as the module's hyper-parameters, its checkpoints describe the network."""
+    if model["arch"].lower() in MASK_ARCHITECTURES:
+        return resolved_model_config(model, in_channels, num_classes)
     if not model.get("from_pretrained"):
         return model
     resolved = resolve_from_pretrained(model, ARCHITECTURES)

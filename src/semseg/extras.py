@@ -18,6 +18,7 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "slurm": ("hydra_plugins.hydra_submitit_launcher",),
     "mlflow": ("mlflow",),
     "tensorboard": ("tensorboard",),
+    "mask": ("transformers", "scipy"),  # scipy: the models' Hungarian matching
 }
 
 # Command-line choices that need an extra. They are checked before Hydra composes the config: a
@@ -32,6 +33,8 @@ CHOICES: dict[tuple[str, str], str] = {
     ("logger", "mlflow"): "mlflow",
     ("logger", "tensorboard"): "tensorboard",
     ("format", "onnx"): "export",
+    ("model", "mask2former"): "mask",
+    ("model", "eomt"): "mask",
 }
 
 

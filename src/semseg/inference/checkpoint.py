@@ -46,8 +46,11 @@ def load_module(path: str | Path, inference: Mapping | None = None) -> Segmentat
     if inference is not None:  # in the hyper-parameters, so that the module and its record agree
         hparams["inference"] = dict(inference)
     # The trained weights replace the encoder's initial ones, so building the network must not
-    # fetch pretrained weights (no network here) or read a weights file that may have moved.
+    # fetch pretrained weights (no network here) or read a weights file that may have moved. (A
+    # mask-classification model's hf_config holds its whole architecture: model.pretrained is not read.)
     hparams["model"] = {**hparams["model"], "encoder_weights": None}
+    if hparams["model"].get("pretrained"):
+        hparams["model"]["pretrained"] = None
     module = SegmentationModule(**hparams)
     try:
         module.load_state_dict(checkpoint["state_dict"])

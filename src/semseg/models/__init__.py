@@ -14,6 +14,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from semseg.errors import ConfigError
 from semseg.models.fcn import FCN, VARIANTS
+from semseg.models.mask_classification import MASK_ARCHITECTURES, MaskClassifier
 from semseg.models.vit import check_encoder_fits, dpt_side_multiple, fit_dpt_to_patch, plain_vit_patch
 from semseg.models.weights import (
     check_hub_weights,
@@ -102,9 +103,8 @@ def _architecture(name: str) -> type[nn.Module]:
     try:
         return ARCHITECTURES[name.lower()]
     except KeyError:
-        raise ConfigError(
-            f"model.arch={name} is not an architecture. Valid: {', '.join(sorted(ARCHITECTURES))}."
-        ) from None
+        valid = sorted([*ARCHITECTURES, *MASK_ARCHITECTURES])
+        raise ConfigError(f"model.arch={name} is not an architecture. Valid: {', '.join(valid)}.") from None
 
 
 def architecture_kwargs(cfg: Mapping) -> dict[str, Any]:
@@ -139,7 +139,8 @@ def build_model(cfg: Mapping, in_channels: int, num_classes: int) -> Segmentatio
     """Builds the network named by the ``model`` config group.
 
     Args:
-        cfg: ``arch`` (``fcn`` or any smp architecture name), ``encoder_name``,
+        cfg: ``arch`` (``fcn`` or any smp architecture name; ``mask2former`` and ``eomt`` take
+            the keys of ``semseg.models.mask_classification.MaskClassifier``), ``encoder_name``,
             ``encoder_weights`` (``imagenet`` or another smp weight name, null, or a local file),
             the architecture's own keys (``variant``; ``output_stride``, ``atrous_rates``;
             ``decoder_channels``), ``channels_last`` and ``kwargs`` passed to the architecture.
@@ -148,8 +149,11 @@ def build_model(cfg: Mapping, in_channels: int, num_classes: int) -> Segmentatio
         in_channels: image channels.
         num_classes: output classes.
     """
-    architecture = _architecture(cfg["arch"])
     arch = cfg["arch"].lower()
+    if arch in MASK_ARCHITECTURES:  # transformers' models: no smp encoder (model.hf_config, model.pretrained)
+        net = MaskClassifier(cfg, in_channels, num_classes)
+        return SegmentationNet(net, stride=net.stride, channels_last=bool(cfg.get("channels_last", False)))
+    architecture = _architecture(cfg["arch"])
     check_encoder_fits(arch, cfg["encoder_name"])
     kwargs = architecture_kwargs(cfg)
     weights = cfg.get("encoder_weights")

@@ -211,12 +211,21 @@ def checkpoint_source(path: str) -> Source:
 # ---- loading what fits ----
 
 
+def encoder_tensor_names(architecture: nn.Module) -> set[str]:
+    """The state-dict names of the encoder's tensors: ``encoder.*`` in smp's architectures, the
+    backbone's wherever it sits in others (mask classification's transformers models)."""
+    own = {id(t) for t in (*architecture.encoder.parameters(), *architecture.encoder.buffers())}
+    tensors = (*architecture.named_parameters(), *architecture.named_buffers())
+    return {name for name, tensor in tensors if id(tensor) in own}
+
+
 def _first_conv_weight(architecture: nn.Module, in_channels: int) -> str | None:
     """The name of the weight of the encoder's first convolution (the one that sees the image),
     found as smp's ``patch_first_conv`` finds it."""
-    for name, module in architecture.encoder.named_modules():
+    names = {id(parameter): name for name, parameter in architecture.named_parameters()}
+    for module in architecture.encoder.modules():
         if isinstance(module, nn.Conv2d) and module.in_channels == in_channels:
-            return f"encoder.{name}.weight" if name else "encoder.weight"
+            return names.get(id(module.weight))
     return None
 
 
@@ -268,7 +277,7 @@ def start_from(net: nn.Module, model: Mapping, in_channels: int) -> tuple[str, T
     transfer = fitting_tensors(net.architecture, source.tensors, in_channels)
     # Another decoder on the same encoder still transfers the encoder; with no encoder tensor, what
     # fits is chance (a head's bias of as many classes), not a start.
-    if not any(name.startswith("encoder.") for name in transfer.loaded):
+    if not encoder_tensor_names(net.architecture) & set(transfer.loaded):
         raise ConfigError(
             f"{key}={value}: none of its encoder's tensors fit model.arch={model['arch']} with model.encoder_name="
             f"{model['encoder_name']}: it holds a {source.description}, a different network. Use its model.arch "

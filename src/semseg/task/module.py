@@ -106,6 +106,11 @@ class SegmentationModule(L.LightningModule):
         check_threshold(threshold)
         self.save_hyperparameters()
         self.net = build_model(model, in_channels, num_classes)
+        if self.net.computes_own_loss and mode != MULTICLASS:
+            raise ConfigError(
+                f"data.mode={mode}: model.arch={model['arch']} gives each pixel one class (mask classification); "
+                "use data.mode=multiclass, or another model for overlapping classes."
+            )
         self._fine_tuning()  # a bad fine-tuning setting stops here, before any work
         self.aux_settings = AuxHeadSettings.from_config(model.get("aux_head"))
         self.aux_head = self._build_aux_head(num_classes)
