@@ -19,6 +19,7 @@ from semseg.errors import ConfigError
 from semseg.extras import require_extra
 from semseg.files import atomic_path, staging_path
 from semseg.inference.checkpoint import load_module
+from semseg.models.mask_classification import export_refusal
 from semseg.models.vit import plain_vit_patch
 from semseg.run_folder import RunFolder
 from semseg.task.module import SegmentationModule
@@ -264,6 +265,9 @@ def export(cfg: DictConfig) -> dict:
     if output.exists() and not cfg.overwrite:
         raise ConfigError(f"output={output} exists already; use overwrite=true to replace it, or another output=.")
     module = load_module(cfg.ckpt_path)
+    refusal = export_refusal(module.hparams.model["arch"], cfg.format)
+    if refusal:
+        raise ConfigError(refusal)
     metrics_file = RunFolder.of_checkpoint(cfg.ckpt_path).metrics
     metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else None
 
