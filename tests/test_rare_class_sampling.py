@@ -23,6 +23,7 @@ from semseg.data.rare_class import (
     class_draw_probabilities,
     crop_around_class,
     sampler_settings,
+    training_input_size,
 )
 from semseg.errors import ConfigError
 from semseg.training.train import train
@@ -200,6 +201,8 @@ def test_a_training_draws_by_class_and_reports_the_probabilities(make_cfg, monke
     drawn = report["rare_class_sampling"]
     assert drawn["crop"] == [16, 16] and drawn["temperature"] == 0.01
     assert drawn["class_images"]["speck"] == 7 and sum(drawn["class_probabilities"].values()) == pytest.approx(1)
+    # The tiny set's 32x32 images cut to the class window: GFLOPs are counted at what trains.
+    assert json.loads((Path(cfg.output_dir) / "run_info.json").read_text())["gflops_input"] == [16, 16]
 
 
 DEFAULTS = {"temperature": 0.01, "min_pixels": 1, "crop": None}
@@ -235,3 +238,20 @@ def test_a_bad_sampler_stops_training_before_the_data_is_read(make_cfg, monkeypa
     monkeypatch.setattr(mask_stats, "summarize_masks", lambda *_: pytest.fail("the masks were read"))
     with pytest.raises(ConfigError, match=r"^data\.sampler=rarest: choose"):
         build_run(make_cfg("data.sampler=rarest"), seed=0)
+
+
+@pytest.mark.parametrize(
+    ("data", "size"),
+    [
+        (
+            {"crop_size": [16, 24], "image_size": [64, 64], "sampler": "rare_class", "rare_class": {"crop": [8, 8]}},
+            (16, 24),
+        ),
+        ({"image_size": [64, 48], "sampler": "rare_class", "rare_class": {"crop": [32, 96]}}, (32, 48)),
+        ({"image_size": [64, 48], "sampler": None, "rare_class": {"crop": [32, 32]}}, (64, 48)),
+        ({"image_size": None, "sampler": "rare_class", "rare_class": {"crop": [32, 32]}}, None),
+        ({"image_size": None, "sampler": None, "rare_class": {"crop": None}}, None),
+    ],
+)
+def test_the_training_input_size_counts_the_class_crop(data: dict, size):
+    assert training_input_size(data) == size

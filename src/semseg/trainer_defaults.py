@@ -22,6 +22,7 @@ from hydra.utils import instantiate
 from lightning.fabric.plugins.environments import ClusterEnvironment, SLURMEnvironment
 from omegaconf import DictConfig, OmegaConf
 
+from semseg.data.rare_class import training_input_size
 from semseg.errors import ConfigError
 
 GPU_ACCELERATORS = ("auto", "gpu", "cuda")
@@ -47,7 +48,7 @@ def trainer_kwargs(trainer: DictConfig | Mapping, data: DictConfig | Mapping | N
             kwargs[key] = instantiate(kwargs[key])
     check_gpus_exist(kwargs)
     cuda = uses_cuda(kwargs)
-    fixed_size = data is not None and (data.get("crop_size") or data.get("image_size"))
+    fixed_size = data is not None and training_input_size(data) is not None
     if kwargs.get("benchmark") is None and cuda and fixed_size and not kwargs.get("deterministic"):
         kwargs["benchmark"] = True
     if cuda:

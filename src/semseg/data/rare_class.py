@@ -117,6 +117,21 @@ def describe_draws(settings: RareClassSettings, class_names: Sequence[str], clas
     }
 
 
+def training_input_size(data: Mapping) -> tuple[int, int] | None:
+    """The (height, width) of every training sample of a ``data`` config, or None when it varies:
+    ``crop_size`` (the augmentations' crop comes last), else ``image_size`` cut to
+    ``rare_class.crop`` under ``sampler=rare_class`` (a side shorter than that window stays whole),
+    else ``image_size``. Without ``image_size`` a rare-class crop is the size of every image at
+    least as large as it, and no more: None."""
+    if data.get("crop_size"):
+        return tuple(data["crop_size"])
+    image_size = data.get("image_size")
+    crop = (data.get("rare_class") or {}).get("crop") if data.get("sampler") == "rare_class" else None
+    if crop:
+        return None if not image_size else tuple(min(c, s) for c, s in zip(crop, image_size, strict=True))
+    return tuple(image_size) if image_size else None
+
+
 class RareClassDraw(NamedTuple):
     """One draw, as the data set receives it: the image, the epoch, the draw's position in the
     epoch (unique across ranks) and the drawn class."""

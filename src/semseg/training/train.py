@@ -19,6 +19,7 @@ from semseg.callbacks import EpochLog, ModelSummaryWithFlops, OptunaPruning, Sto
 from semseg.data import SegmentationDataModule
 from semseg.data.inspection import DataReport
 from semseg.data.layout import DataLayout
+from semseg.data.rare_class import training_input_size
 from semseg.data.sampling import EpochSeeding
 from semseg.data.synthetic import require_data_named
 from semseg.files import json_safe, write_json_atomic
@@ -56,12 +57,15 @@ _MAX_FLOPS_SIDE = 1024
 
 
 def _model_cost(module: SegmentationModule, data: DictConfig, report: DataReport) -> dict:
-    """Parameters and GFLOPs of the network at the training input size (crop, resize, or the most
-    common training image size), for run_info.json and the leaderboard."""
-    size = data.get("crop_size") or data.get("image_size")
+    """Parameters and GFLOPs of the network at the training input size (crop, resize, rare-class
+    crop, or the most common training image size), for run_info.json and the leaderboard."""
+    size = training_input_size(data)
     if size is None:
         sizes = report.splits["train"].image_sizes
         width, height = (int(v) for v in max(sizes, key=sizes.get).split("x"))
+        crop = data.get("rare_class", {}).get("crop") if data.get("sampler") == "rare_class" else None
+        if crop:  # rare-class sampling cuts the most common size to its window
+            height, width = min(height, crop[0]), min(width, crop[1])
     else:
         height, width = size
     height, width = min(height, _MAX_FLOPS_SIDE), min(width, _MAX_FLOPS_SIDE)
