@@ -105,13 +105,13 @@ class OhemCrossEntropy(nn.Module):
         """(N, H, W) bool: the pixels the loss counts."""
         valid = target != self.ignore_index
         classes = torch.where(valid, target, 0).unsqueeze(1)
-        true_probability = logits.softmax(dim=1).gather(1, classes).squeeze(1)
-        counted = true_probability[valid]
-        if counted.numel() == 0:
-            return valid
-        # The min_kept-th smallest probability (MMSegmentation sorts; the k-th value is all it needs).
-        rank = min(self.min_kept * target.shape[0], counted.numel() - 1)
-        floor = counted.float().kthvalue(rank + 1).values
+        true_probability = logits.softmax(dim=1).gather(1, classes).squeeze(1).float()
+        # MMSegmentation's sort of the counted pixels' probabilities, without selecting them (a
+        # boolean selection, or a k from their count, would wait for the GPU at every step):
+        # ignored pixels sort last, and the rank is clamped to the count as a tensor.
+        ordered = torch.where(valid, true_probability, 2.0).flatten().sort().values
+        rank = (valid.sum() - 1).clamp(min=0, max=self.min_kept * target.shape[0])
+        floor = ordered.gather(0, rank.view(1))[0]
         return valid & (true_probability < torch.clamp(floor, min=self.threshold))
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
